@@ -1,0 +1,752 @@
+//! The shared configuration behind every layer, and the span logic itself.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::global::{self, BoxedTracer, ObjectSafeTracerProvider};
+use opentelemetry::metrics::MeterProvider;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer,
+};
+use opentelemetry::{Context, InstrumentationScope, Key, KeyValue};
+use opentelemetry_semantic_conventions::attribute as attr;
+
+use crate::baggage_policy::BaggagePolicy;
+use crate::carrier::Bounded;
+use crate::link_mode::LinkMode;
+use crate::message::{Destination, IncomingMessage, MessagingSystem, OutgoingMessage};
+use crate::metrics::Metrics;
+use crate::span_name::SpanName;
+
+/// `error.type` recorded when an operation's future is dropped before it completed.
+pub const CANCELLED: &str = "cancelled";
+
+/// Prefix of captured header attributes. The semantic-conventions crate has no constant for this
+/// templated name (`messaging.header.<key>` is not in it), so it is spelled here once.
+const HEADER_ATTRIBUTE_PREFIX: &str = "messaging.header.";
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder("tracelink")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
+        .build()
+}
+
+/// Shared, cheaply clonable configuration of tracelink's layers: which system they instrument,
+/// where spans and metrics go, how contexts propagate and relate.
+///
+/// Built with [`Instrumentation::builder`]; [`Instrumentation::new`] takes every default. The
+/// tracer and meter come from the global providers *at build time*, so install those first.
+#[derive(Clone)]
+pub struct Instrumentation {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    system: MessagingSystem,
+    tracer: BoxedTracer,
+    propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
+    link_mode: LinkMode,
+    span_name: SpanName,
+    captured_headers: Vec<(String, Key)>,
+    baggage_policy: BaggagePolicy,
+    create_spans: bool,
+    metrics: Metrics,
+    /// `messaging.system`, `server.address`, `server.port`: on every span and metric.
+    common: Vec<KeyValue>,
+    client_id: Option<KeyValue>,
+}
+
+impl fmt::Debug for Instrumentation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instrumentation")
+            .field("system", &self.inner.system)
+            .field("link_mode", &self.inner.link_mode)
+            .field("span_name", &self.inner.span_name)
+            .field("baggage_policy", &self.inner.baggage_policy)
+            .field("custom_propagator", &self.inner.propagator.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instrumentation {
+    /// Every default: global tracer, meter and propagator; [`LinkMode::Link`].
+    pub fn new(system: MessagingSystem) -> Self {
+        Self::builder(system).build()
+    }
+
+    /// Starts a builder for `system`.
+    pub fn builder(system: MessagingSystem) -> InstrumentationBuilder {
+        InstrumentationBuilder {
+            system,
+            tracer: None,
+            meter: None,
+            propagator: None,
+            link_mode: LinkMode::default(),
+            span_name: SpanName::default(),
+            captured_headers: Vec::new(),
+            baggage_policy: BaggagePolicy::default(),
+            create_spans: true,
+        }
+    }
+
+    /// The instrumented system.
+    pub fn system(&self) -> &MessagingSystem {
+        &self.inner.system
+    }
+
+    /// The configured link mode.
+    pub fn link_mode(&self) -> LinkMode {
+        self.inner.link_mode
+    }
+
+    /// Injects `cx` through the configured (or global) propagator.
+    pub fn inject(&self, cx: &Context, injector: &mut dyn opentelemetry::propagation::Injector) {
+        match &self.inner.propagator {
+            Some(p) => p.inject_context(cx, injector),
+            None => global::get_text_map_propagator(|p| p.inject_context(cx, injector)),
+        }
+    }
+
+    /// Extracts a context from `extractor` through the configured (or global) propagator,
+    /// relative to an empty context so nothing ambient leaks in. Values longer than
+    /// [`MAX_HEADER_VALUE_LEN`](crate::carrier::MAX_HEADER_VALUE_LEN) read as absent.
+    pub fn extract(&self, extractor: &dyn Extractor) -> Context {
+        let bounded = Bounded(extractor);
+        let empty = Context::new();
+        match &self.inner.propagator {
+            Some(p) => p.extract_with_context(&empty, &bounded),
+            None => global::get_text_map_propagator(|p| p.extract_with_context(&empty, &bounded)),
+        }
+    }
+
+    /// The producer's span context carried by `message`, when it is valid.
+    pub fn producer_context<M: IncomingMessage + ?Sized>(&self, message: &M) -> Option<SpanContext> {
+        let mut found = None;
+        message.with_headers(&mut |ex| {
+            let cx = self.extract(ex);
+            let span = cx.span();
+            let sc = span.span_context();
+            if sc.is_valid() {
+                found = Some(sc.clone());
+            }
+        });
+        found
+    }
+
+    fn destination_attributes(&self, attributes: &mut Vec<KeyValue>, destination: &Destination<'_>) {
+        attributes.push(KeyValue::new(
+            attr::MESSAGING_DESTINATION_NAME,
+            destination.name.to_owned(),
+        ));
+        if let Some(template) = destination.template {
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_TEMPLATE,
+                template.to_owned(),
+            ));
+        }
+        if destination.temporary {
+            attributes.push(KeyValue::new(attr::MESSAGING_DESTINATION_TEMPORARY, true));
+        }
+        if destination.anonymous {
+            attributes.push(KeyValue::new(attr::MESSAGING_DESTINATION_ANONYMOUS, true));
+        }
+    }
+
+    fn operation_attributes(
+        &self,
+        attributes: &mut Vec<KeyValue>,
+        operation_type: &'static str,
+        operation_name: &'static str,
+    ) {
+        attributes.extend(self.inner.common.iter().cloned());
+        attributes.push(KeyValue::new(attr::MESSAGING_OPERATION_TYPE, operation_type));
+        attributes.push(KeyValue::new(attr::MESSAGING_OPERATION_NAME, operation_name));
+    }
+
+    fn metric_attributes(
+        &self,
+        operation_name: &'static str,
+        destination: &Destination<'_>,
+        extra: &[Option<(&'static str, &str)>],
+    ) -> Vec<KeyValue> {
+        let mut attributes = Vec::with_capacity(self.inner.common.len() + 4);
+        attributes.extend(self.inner.common.iter().cloned());
+        attributes.push(KeyValue::new(attr::MESSAGING_OPERATION_NAME, operation_name));
+        // Metrics must stay low-cardinality: prefer the template over a per-request name.
+        let name = destination.template.unwrap_or(destination.name);
+        attributes.push(KeyValue::new(attr::MESSAGING_DESTINATION_NAME, name.to_owned()));
+        for (key, value) in extra.iter().flatten() {
+            attributes.push(KeyValue::new(*key, (*value).to_owned()));
+        }
+        attributes
+    }
+
+    /// Starts the PRODUCER span for `message` (child of the current context) and injects its
+    /// context into the message's headers.
+    pub(crate) fn start_publish<M: OutgoingMessage + ?Sized>(
+        &self,
+        message: &mut M,
+        parent: &Context,
+        operation: PublishOperation,
+    ) -> Operation {
+        let inner = &*self.inner;
+        let (operation_type, operation_name, kind) = match operation {
+            PublishOperation::Send => ("send", inner.system.publish_operation, SpanKind::Producer),
+            PublishOperation::Create => ("create", "create", SpanKind::Producer),
+        };
+        let destination = message.destination();
+        let name = inner.span_name.render(operation_name, &destination);
+        let mut attributes = Vec::with_capacity(16);
+        self.operation_attributes(&mut attributes, operation_type, operation_name);
+        self.destination_attributes(&mut attributes, &destination);
+        if let Some(client_id) = &inner.client_id {
+            attributes.push(client_id.clone());
+        }
+        if let Some(id) = message.message_id() {
+            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.to_owned()));
+        }
+        if let Some(id) = message.conversation_id() {
+            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_CONVERSATION_ID, id.to_owned()));
+        }
+        if let Some(size) = message.body_size() {
+            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_BODY_SIZE, size as i64));
+        }
+        if let Some(partition) = message.partition_id() {
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_PARTITION_ID,
+                partition.into_owned(),
+            ));
+        }
+        message.attributes(&mut attributes);
+        let metric_attributes = match operation {
+            PublishOperation::Send => Some(self.metric_attributes(operation_name, &destination, &[])),
+            PublishOperation::Create => None,
+        };
+        let builder = inner
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_attributes(attributes);
+        let span = inner.tracer.build_with_context(builder, parent);
+        let cx = parent.with_span(span);
+        message.with_headers_mut(&mut |injector| self.inject(&cx, injector));
+        Operation::new(
+            self.clone(),
+            cx,
+            metric_attributes.map(|a| (MetricKind::Publish { count: 1 }, a)),
+        )
+    }
+
+    /// Starts the `send` span of a batch publish: PRODUCER, or CLIENT when every message gets a
+    /// `create` span of its own.
+    pub(crate) fn start_batch_send(
+        &self,
+        destination: &Destination<'_>,
+        count: usize,
+        parent: &Context,
+    ) -> Operation {
+        let inner = &*self.inner;
+        let operation_name = inner.system.publish_operation;
+        let kind = if inner.create_spans {
+            SpanKind::Client
+        } else {
+            SpanKind::Producer
+        };
+        let mut attributes = Vec::with_capacity(12);
+        self.operation_attributes(&mut attributes, "send", operation_name);
+        self.destination_attributes(&mut attributes, destination);
+        if let Some(client_id) = &inner.client_id {
+            attributes.push(client_id.clone());
+        }
+        if count > 1 {
+            attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count as i64));
+        }
+        let builder = inner
+            .tracer
+            .span_builder(inner.span_name.render(operation_name, destination))
+            .with_kind(kind)
+            .with_attributes(attributes);
+        let span = inner.tracer.build_with_context(builder, parent);
+        let metric_attributes = self.metric_attributes(operation_name, destination, &[]);
+        Operation::new(
+            self.clone(),
+            parent.with_span(span),
+            Some((MetricKind::Publish { count: count as u64 }, metric_attributes)),
+        )
+    }
+
+    pub(crate) fn create_spans(&self) -> bool {
+        self.inner.create_spans
+    }
+
+    /// Extracts the producer context, applies the baggage policy and captures headers.
+    fn read_message<M: IncomingMessage + ?Sized>(
+        &self,
+        message: &M,
+        captured: &mut Vec<KeyValue>,
+    ) -> (Option<SpanContext>, Option<opentelemetry::baggage::Baggage>) {
+        let mut producer = None;
+        let mut baggage = None;
+        let inner = &*self.inner;
+        message.with_headers(&mut |ex| {
+            let cx = self.extract(ex);
+            let span = cx.span();
+            let sc = span.span_context();
+            if sc.is_valid() {
+                producer = Some(sc.clone());
+            }
+            baggage = inner.baggage_policy.apply(cx.baggage());
+            for (header, key) in &inner.captured_headers {
+                if let Some(value) = Bounded(ex).get(header) {
+                    captured.push(KeyValue::new(key.clone(), value.to_owned()));
+                }
+            }
+        });
+        (producer, baggage)
+    }
+
+    fn message_attributes<M: IncomingMessage + ?Sized>(&self, message: &M, attributes: &mut Vec<KeyValue>) {
+        if let Some(id) = message.message_id() {
+            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.into_owned()));
+        }
+        if let Some(id) = message.conversation_id() {
+            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_CONVERSATION_ID, id.to_owned()));
+        }
+        if let Some(size) = message.body_size() {
+            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_BODY_SIZE, size as i64));
+        }
+        if let Some(partition) = message.partition_id() {
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_PARTITION_ID,
+                partition.into_owned(),
+            ));
+        }
+        message.attributes(attributes);
+    }
+
+    fn consumer_attributes<M: IncomingMessage + ?Sized>(&self, message: &M, attributes: &mut Vec<KeyValue>) {
+        if let Some(group) = message.consumer_group() {
+            attributes.push(KeyValue::new(attr::MESSAGING_CONSUMER_GROUP_NAME, group.to_owned()));
+        }
+        if let Some(subscription) = message.subscription_name() {
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                subscription.to_owned(),
+            ));
+        }
+        if let Some(client_id) = &self.inner.client_id {
+            attributes.push(client_id.clone());
+        }
+    }
+
+    /// The parent context of a process span, per the link mode.
+    fn process_parent(&self, ambient: &Context, producer: Option<&SpanContext>) -> Context {
+        match (self.inner.link_mode, producer) {
+            (LinkMode::Parent, Some(sc)) => ambient.with_remote_span_context(sc.clone()),
+            _ => ambient.clone(),
+        }
+    }
+
+    fn with_baggage(cx: Context, ambient: &Context, baggage: Option<opentelemetry::baggage::Baggage>) -> Context {
+        match baggage {
+            None => cx,
+            Some(incoming) => {
+                let mut merged = crate::baggage_policy::copy(ambient.baggage());
+                for (key, (value, metadata)) in incoming.iter() {
+                    merged.insert_with_metadata(key.clone(), value.clone(), metadata.clone());
+                }
+                cx.with_baggage(merged)
+            }
+        }
+    }
+
+    /// Starts the CONSUMER `process` span for one message; returns the context the handler runs in.
+    pub(crate) fn start_process<M: IncomingMessage + ?Sized>(&self, message: &M) -> Operation {
+        let inner = &*self.inner;
+        let ambient = Context::current();
+        let mut attributes = Vec::with_capacity(16);
+        self.operation_attributes(&mut attributes, "process", "process");
+        let (producer, baggage) = self.read_message(message, &mut attributes);
+        let destination = message.destination();
+        self.destination_attributes(&mut attributes, &destination);
+        self.consumer_attributes(message, &mut attributes);
+        self.message_attributes(message, &mut attributes);
+        let metric_attributes = self.metric_attributes(
+            "process",
+            &destination,
+            &[
+                message.consumer_group().map(|g| (attr::MESSAGING_CONSUMER_GROUP_NAME, g)),
+                message
+                    .subscription_name()
+                    .map(|s| (attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, s)),
+            ],
+        );
+        let parent = self.process_parent(&ambient, producer.as_ref());
+        let mut builder = inner
+            .tracer
+            .span_builder(inner.span_name.render("process", &destination))
+            .with_kind(SpanKind::Consumer)
+            .with_attributes(attributes);
+        if let Some(sc) = producer {
+            builder = builder.with_links(vec![Link::with_context(sc)]);
+        }
+        let span = inner.tracer.build_with_context(builder, &parent);
+        let cx = Self::with_baggage(parent.with_span(span), &ambient, baggage);
+        Operation::new(self.clone(), cx, Some((MetricKind::Process { count: 1 }, metric_attributes)))
+    }
+
+    /// Starts one CONSUMER `process` span for a batch, with one link per message that carried a
+    /// valid context. Empty batches get no span.
+    pub(crate) fn start_batch_process<M: IncomingMessage>(&self, messages: &[M]) -> Option<Operation> {
+        let first = messages.first()?;
+        let inner = &*self.inner;
+        let ambient = Context::current();
+        let destination = first.destination();
+        let mut attributes = Vec::with_capacity(12);
+        self.operation_attributes(&mut attributes, "process", "process");
+        self.destination_attributes(&mut attributes, &destination);
+        self.consumer_attributes(first, &mut attributes);
+        if messages.len() > 1 {
+            attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, messages.len() as i64));
+        }
+        let links = self.links(messages);
+        let metric_attributes = self.metric_attributes(
+            "process",
+            &destination,
+            &[
+                first.consumer_group().map(|g| (attr::MESSAGING_CONSUMER_GROUP_NAME, g)),
+                first
+                    .subscription_name()
+                    .map(|s| (attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, s)),
+            ],
+        );
+        let builder = inner
+            .tracer
+            .span_builder(inner.span_name.render("process", &destination))
+            .with_kind(SpanKind::Consumer)
+            .with_attributes(attributes)
+            .with_links(links);
+        let span = inner.tracer.build_with_context(builder, &ambient);
+        Some(Operation::new(
+            self.clone(),
+            ambient.with_span(span),
+            Some((MetricKind::Process { count: messages.len() as u64 }, metric_attributes)),
+        ))
+    }
+
+    /// One link per message that carried a valid context, with the message's own attributes.
+    fn links<M: IncomingMessage>(&self, messages: &[M]) -> Vec<Link> {
+        messages
+            .iter()
+            .filter_map(|message| {
+                let sc = self.producer_context(message)?;
+                let mut attributes = Vec::new();
+                self.message_attributes(message, &mut attributes);
+                Some(Link::new(sc, attributes, 0))
+            })
+            .collect()
+    }
+
+    /// Starts the CLIENT `receive {destination}` span of a pull consumer, from `started` (when the
+    /// poll began), with a link to each received message that carried a valid context. Returns
+    /// `None` for an empty poll: no span is recorded for it.
+    pub fn receive_span<M: IncomingMessage>(
+        &self,
+        destination: Destination<'_>,
+        started: SystemTime,
+        messages: &[M],
+    ) -> Option<ReceiveSpan> {
+        if messages.is_empty() {
+            return None;
+        }
+        let inner = &*self.inner;
+        let ambient = Context::current();
+        let mut attributes = Vec::with_capacity(12);
+        self.operation_attributes(&mut attributes, "receive", "receive");
+        self.destination_attributes(&mut attributes, &destination);
+        if let Some(first) = messages.first() {
+            self.consumer_attributes(first, &mut attributes);
+        }
+        if messages.len() > 1 {
+            attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, messages.len() as i64));
+        }
+        let builder = inner
+            .tracer
+            .span_builder(inner.span_name.render("receive", &destination))
+            .with_kind(SpanKind::Client)
+            .with_start_time(started)
+            .with_attributes(attributes)
+            .with_links(self.links(messages));
+        let span = inner.tracer.build_with_context(builder, &ambient);
+        let metric_attributes = self.metric_attributes("receive", &destination, &[]);
+        let mut operation = Operation::new(
+            self.clone(),
+            ambient.with_span(span),
+            Some((MetricKind::Receive, metric_attributes)),
+        );
+        // The poll started before we were called; measure from there.
+        let waited = started.elapsed().unwrap_or_default();
+        operation.started = Instant::now().checked_sub(waited).unwrap_or_else(Instant::now);
+        Some(ReceiveSpan { operation })
+    }
+
+    fn record_metrics(&self, kind: MetricKind, seconds: f64, attributes: &[KeyValue]) {
+        let metrics = &self.inner.metrics;
+        match kind {
+            MetricKind::Publish { count } => {
+                metrics.operation_duration.record(seconds, attributes);
+                metrics.sent_messages.add(count, attributes);
+            }
+            MetricKind::Process { count } => {
+                metrics.process_duration.record(seconds, attributes);
+                metrics.consumed_messages.add(count, attributes);
+            }
+            MetricKind::Receive => metrics.operation_duration.record(seconds, attributes),
+        }
+    }
+}
+
+/// Builds an [`Instrumentation`].
+pub struct InstrumentationBuilder {
+    system: MessagingSystem,
+    tracer: Option<BoxedTracer>,
+    meter: Option<opentelemetry::metrics::Meter>,
+    propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
+    link_mode: LinkMode,
+    span_name: SpanName,
+    captured_headers: Vec<String>,
+    baggage_policy: BaggagePolicy,
+    create_spans: bool,
+}
+
+impl fmt::Debug for InstrumentationBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstrumentationBuilder")
+            .field("system", &self.system)
+            .field("link_mode", &self.link_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InstrumentationBuilder {
+    /// Spans go to `provider` instead of the global tracer provider.
+    pub fn with_tracer_provider<P>(mut self, provider: &P) -> Self
+    where
+        P: ObjectSafeTracerProvider,
+    {
+        self.tracer = Some(BoxedTracer::new(provider.boxed_tracer(scope())));
+        self
+    }
+
+    /// Metrics go to `provider` instead of the global meter provider.
+    pub fn with_meter_provider<P: MeterProvider>(mut self, provider: &P) -> Self {
+        self.meter = Some(provider.meter_with_scope(scope()));
+        self
+    }
+
+    /// Propagates with `propagator` instead of the global one.
+    pub fn with_propagator<P>(mut self, propagator: P) -> Self
+    where
+        P: TextMapPropagator + Send + Sync + 'static,
+    {
+        self.propagator = Some(Arc::new(propagator));
+        self
+    }
+
+    /// How consumer spans relate to the producer's context (default [`LinkMode::Link`]).
+    pub fn with_link_mode(mut self, mode: LinkMode) -> Self {
+        self.link_mode = mode;
+        self
+    }
+
+    /// What span names say after the operation (default [`SpanName::Destination`]).
+    pub fn with_span_name(mut self, span_name: SpanName) -> Self {
+        self.span_name = span_name;
+        self
+    }
+
+    /// Records the named headers of incoming messages as `messaging.header.<name>` attributes
+    /// (names lower-cased). Off by default: headers may carry personal data.
+    pub fn with_captured_headers<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.captured_headers = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// What to do with baggage from producers (default [`BaggagePolicy::Keep`]).
+    pub fn with_baggage_policy(mut self, policy: BaggagePolicy) -> Self {
+        self.baggage_policy = policy;
+        self
+    }
+
+    /// Batch publishes inject the `send` span's context into every message instead of giving
+    /// each message a `create` span of its own.
+    pub fn without_create_spans(mut self) -> Self {
+        self.create_spans = false;
+        self
+    }
+
+    /// Builds the instrumentation.
+    pub fn build(self) -> Instrumentation {
+        let tracer = self
+            .tracer
+            .unwrap_or_else(|| global::tracer_with_scope(scope()));
+        let meter = self
+            .meter
+            .unwrap_or_else(|| global::meter_with_scope(scope()));
+        let mut common = vec![KeyValue::new(attr::MESSAGING_SYSTEM, self.system.name.clone())];
+        if let Some(address) = &self.system.server_address {
+            common.push(KeyValue::new(attr::SERVER_ADDRESS, address.clone()));
+        }
+        if let Some(port) = self.system.server_port {
+            common.push(KeyValue::new(attr::SERVER_PORT, i64::from(port)));
+        }
+        let client_id = self
+            .system
+            .client_id
+            .clone()
+            .map(|id| KeyValue::new(attr::MESSAGING_CLIENT_ID, id));
+        let captured_headers = self
+            .captured_headers
+            .into_iter()
+            .map(|name| {
+                let key = Key::new(format!("{HEADER_ATTRIBUTE_PREFIX}{}", name.to_ascii_lowercase()));
+                (name, key)
+            })
+            .collect();
+        Instrumentation {
+            inner: Arc::new(Inner {
+                system: self.system,
+                tracer,
+                propagator: self.propagator,
+                link_mode: self.link_mode,
+                span_name: self.span_name,
+                captured_headers,
+                baggage_policy: self.baggage_policy,
+                create_spans: self.create_spans,
+                metrics: Metrics::new(&meter),
+                common,
+                client_id,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PublishOperation {
+    Send,
+    Create,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum MetricKind {
+    Publish { count: u64 },
+    Process { count: u64 },
+    Receive,
+}
+
+/// One instrumented operation in flight: its span (inside `cx`), start time and metric
+/// attributes. Ends the span exactly once: on success, on failure, or when dropped.
+pub(crate) struct Operation {
+    instrumentation: Instrumentation,
+    cx: Context,
+    started: Instant,
+    metric: Option<(MetricKind, Vec<KeyValue>)>,
+    finished: bool,
+}
+
+impl fmt::Debug for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Operation")
+            .field("span_context", self.cx.span().span_context())
+            .field("finished", &self.finished)
+            .finish()
+    }
+}
+
+impl Operation {
+    fn new(instrumentation: Instrumentation, cx: Context, metric: Option<(MetricKind, Vec<KeyValue>)>) -> Self {
+        Self {
+            instrumentation,
+            cx,
+            started: Instant::now(),
+            metric,
+            finished: false,
+        }
+    }
+
+    pub(crate) fn context(&self) -> &Context {
+        &self.cx
+    }
+
+    pub(crate) fn succeed(mut self, attributes: Vec<KeyValue>) {
+        if !attributes.is_empty() {
+            self.cx.span().set_attributes(attributes);
+        }
+        self.finish(None);
+    }
+
+    pub(crate) fn fail(mut self, error_type: Cow<'static, str>) {
+        self.finish(Some(error_type));
+    }
+
+    fn finish(&mut self, error_type: Option<Cow<'static, str>>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let span = self.cx.span();
+        if let Some(error_type) = &error_type {
+            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.clone()));
+            span.set_status(Status::error(error_type.clone()));
+        }
+        span.end();
+        if let Some((kind, mut attributes)) = self.metric.take() {
+            if let Some(error_type) = error_type {
+                attributes.push(KeyValue::new(attr::ERROR_TYPE, error_type));
+            }
+            self.instrumentation
+                .record_metrics(kind, self.started.elapsed().as_secs_f64(), &attributes);
+        }
+    }
+}
+
+impl Drop for Operation {
+    fn drop(&mut self) {
+        self.finish(Some(Cow::Borrowed(CANCELLED)));
+    }
+}
+
+/// The CLIENT `receive` span of a pull consumer, from [`Instrumentation::receive_span`].
+///
+/// End it with [`end`](ReceiveSpan::end) or [`fail`](ReceiveSpan::fail); dropping it ends it as
+/// cancelled.
+#[derive(Debug)]
+pub struct ReceiveSpan {
+    operation: Operation,
+}
+
+impl ReceiveSpan {
+    /// The context holding the receive span, to parent settle spans or the like.
+    pub fn context(&self) -> &Context {
+        self.operation.context()
+    }
+
+    /// Ends the span successfully.
+    pub fn end(self) {
+        self.operation.succeed(Vec::new());
+    }
+
+    /// Ends the span with status Error and `error.type`.
+    pub fn fail(self, error_type: impl Into<Cow<'static, str>>) {
+        self.operation.fail(error_type.into());
+    }
+}

@@ -1,0 +1,2 @@
+//! x
+pub use tracelink_core as core;
