@@ -98,7 +98,10 @@ impl Extractor for MapExtractor<'_> {
                 return Some(v.as_str());
             }
         }
-        unique_value(self.0.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))), key)
+        unique_value(
+            self.0.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+            key,
+        )
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -106,16 +109,62 @@ impl Extractor for MapExtractor<'_> {
     }
 
     fn get_all(&self, key: &str) -> Option<Vec<&str>> {
-        all_values(self.0.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))), key)
+        all_values(
+            self.0.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+            key,
+        )
     }
 }
 
-/// Wraps an extractor so that values longer than [`MAX_HEADER_VALUE_LEN`] read as absent.
+/// Whether `value` is a well-formed W3C `traceparent` (Trace Context level 1, section 3.2).
+///
+/// The SDK's `TraceContextPropagator` accepts ids of the wrong length (`00-abc-def-01` parses as
+/// trace id `0xabc`); a context read from such a header would link to a span nobody produced.
+/// So tracelink checks the shape before the propagator sees it: lower-case hex, exact field
+/// lengths, version `ff` refused, nothing after a version-00 header, non-zero ids.
+pub fn is_valid_traceparent(value: &str) -> bool {
+    fn hex(s: &[u8]) -> bool {
+        s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+    fn zero(s: &[u8]) -> bool {
+        s.iter().all(|&b| b == b'0')
+    }
+    let v = value.trim_matches(|c| c == ' ' || c == '\t').as_bytes();
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return false;
+    }
+    let (version, trace_id, span_id, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
+    if !(hex(version) && hex(trace_id) && hex(span_id) && hex(flags)) || version == b"ff" {
+        return false;
+    }
+    if zero(trace_id) || zero(span_id) {
+        return false;
+    }
+    match (version, v.len()) {
+        (b"00", 55) => true,
+        (b"00", _) => false,
+        // Later versions may append fields after a dash.
+        (_, 55) => true,
+        (_, _) => v[55] == b'-',
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+/// Wraps an extractor so that values longer than [`MAX_HEADER_VALUE_LEN`], and malformed
+/// `traceparent` values, read as absent.
 pub(crate) struct Bounded<'a>(pub(crate) &'a dyn Extractor);
 
 impl Extractor for Bounded<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).filter(|v| v.len() <= MAX_HEADER_VALUE_LEN)
+        let value = self
+            .0
+            .get(key)
+            .filter(|v| v.len() <= MAX_HEADER_VALUE_LEN)?;
+        if key.eq_ignore_ascii_case(TRACEPARENT) && !is_valid_traceparent(value) {
+            return None;
+        }
+        Some(value)
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -176,7 +225,11 @@ mod tests {
     #[test]
     fn unique_value_rules() {
         let entries = [("k", Some("1")), ("K", None)];
-        assert_eq!(unique_value(entries, "k"), None, "a non-text twin is a conflict");
+        assert_eq!(
+            unique_value(entries, "k"),
+            None,
+            "a non-text twin is a conflict"
+        );
         assert_eq!(unique_value([("k", Some("1"))], "k"), Some("1"));
         assert_eq!(unique_value([("x", Some("1"))], "k"), None);
     }
@@ -188,13 +241,44 @@ mod tests {
     }
 
     #[test]
+    fn traceparent_shape() {
+        let ok = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert!(is_valid_traceparent(ok));
+        assert!(is_valid_traceparent(&format!(" {ok}")));
+        assert!(is_valid_traceparent(&ok.replacen("00", "01", 1)));
+        assert!(is_valid_traceparent(&format!(
+            "{}-extra",
+            ok.replacen("00", "01", 1)
+        )));
+        for bad in [
+            "",
+            "00-abc-def-01",
+            &ok.to_uppercase(),
+            &ok.replacen("00", "ff", 1),
+            &format!("{ok}-extra"),
+            &format!("{}x", ok.replacen("00", "01", 1)),
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0g",
+            "00_0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ] {
+            assert!(!is_valid_traceparent(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn bounded_drops_oversized_values() {
         let big = "x".repeat(MAX_HEADER_VALUE_LEN + 1);
-        let m = map(&[("baggage", big.as_str()), ("traceparent", "ok")]);
+        let m = map(&[
+            ("baggage", big.as_str()),
+            ("tracestate", "ok"),
+            ("traceparent", "bad"),
+        ]);
         let inner = MapExtractor(&m);
         let b = Bounded(&inner);
         assert_eq!(b.get("baggage"), None);
         assert_eq!(b.get_all("baggage"), None);
-        assert_eq!(b.get("traceparent"), Some("ok"));
+        assert_eq!(b.get("tracestate"), Some("ok"));
+        assert_eq!(b.get("traceparent"), None);
     }
 }

@@ -9,9 +9,7 @@ use opentelemetry::baggage::BaggageExt;
 use opentelemetry::global::{self, BoxedTracer, ObjectSafeTracerProvider};
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{
-    Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer,
-};
+use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, InstrumentationScope, Key, KeyValue};
 use opentelemetry_semantic_conventions::attribute as attr;
 
@@ -125,7 +123,10 @@ impl Instrumentation {
     }
 
     /// The producer's span context carried by `message`, when it is valid.
-    pub fn producer_context<M: IncomingMessage + ?Sized>(&self, message: &M) -> Option<SpanContext> {
+    pub fn producer_context<M: IncomingMessage + ?Sized>(
+        &self,
+        message: &M,
+    ) -> Option<SpanContext> {
         let mut found = None;
         message.with_headers(&mut |ex| {
             let cx = self.extract(ex);
@@ -138,7 +139,11 @@ impl Instrumentation {
         found
     }
 
-    fn destination_attributes(&self, attributes: &mut Vec<KeyValue>, destination: &Destination<'_>) {
+    fn destination_attributes(
+        &self,
+        attributes: &mut Vec<KeyValue>,
+        destination: &Destination<'_>,
+    ) {
         attributes.push(KeyValue::new(
             attr::MESSAGING_DESTINATION_NAME,
             destination.name.to_owned(),
@@ -164,8 +169,14 @@ impl Instrumentation {
         operation_name: &'static str,
     ) {
         attributes.extend(self.inner.common.iter().cloned());
-        attributes.push(KeyValue::new(attr::MESSAGING_OPERATION_TYPE, operation_type));
-        attributes.push(KeyValue::new(attr::MESSAGING_OPERATION_NAME, operation_name));
+        attributes.push(KeyValue::new(
+            attr::MESSAGING_OPERATION_TYPE,
+            operation_type,
+        ));
+        attributes.push(KeyValue::new(
+            attr::MESSAGING_OPERATION_NAME,
+            operation_name,
+        ));
     }
 
     fn metric_attributes(
@@ -176,10 +187,16 @@ impl Instrumentation {
     ) -> Vec<KeyValue> {
         let mut attributes = Vec::with_capacity(self.inner.common.len() + 4);
         attributes.extend(self.inner.common.iter().cloned());
-        attributes.push(KeyValue::new(attr::MESSAGING_OPERATION_NAME, operation_name));
+        attributes.push(KeyValue::new(
+            attr::MESSAGING_OPERATION_NAME,
+            operation_name,
+        ));
         // Metrics must stay low-cardinality: prefer the template over a per-request name.
         let name = destination.template.unwrap_or(destination.name);
-        attributes.push(KeyValue::new(attr::MESSAGING_DESTINATION_NAME, name.to_owned()));
+        attributes.push(KeyValue::new(
+            attr::MESSAGING_DESTINATION_NAME,
+            name.to_owned(),
+        ));
         for (key, value) in extra.iter().flatten() {
             attributes.push(KeyValue::new(*key, (*value).to_owned()));
         }
@@ -211,10 +228,16 @@ impl Instrumentation {
             attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.to_owned()));
         }
         if let Some(id) = message.conversation_id() {
-            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_CONVERSATION_ID, id.to_owned()));
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_MESSAGE_CONVERSATION_ID,
+                id.to_owned(),
+            ));
         }
         if let Some(size) = message.body_size() {
-            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_BODY_SIZE, size as i64));
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_MESSAGE_BODY_SIZE,
+                size as i64,
+            ));
         }
         if let Some(partition) = message.partition_id() {
             attributes.push(KeyValue::new(
@@ -224,7 +247,9 @@ impl Instrumentation {
         }
         message.attributes(&mut attributes);
         let metric_attributes = match operation {
-            PublishOperation::Send => Some(self.metric_attributes(operation_name, &destination, &[])),
+            PublishOperation::Send => {
+                Some(self.metric_attributes(operation_name, &destination, &[]))
+            }
             PublishOperation::Create => None,
         };
         let builder = inner
@@ -264,7 +289,10 @@ impl Instrumentation {
             attributes.push(client_id.clone());
         }
         if count > 1 {
-            attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, count as i64));
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_BATCH_MESSAGE_COUNT,
+                count as i64,
+            ));
         }
         let builder = inner
             .tracer
@@ -276,7 +304,12 @@ impl Instrumentation {
         Operation::new(
             self.clone(),
             parent.with_span(span),
-            Some((MetricKind::Publish { count: count as u64 }, metric_attributes)),
+            Some((
+                MetricKind::Publish {
+                    count: count as u64,
+                },
+                metric_attributes,
+            )),
         )
     }
 
@@ -310,15 +343,25 @@ impl Instrumentation {
         (producer, baggage)
     }
 
-    fn message_attributes<M: IncomingMessage + ?Sized>(&self, message: &M, attributes: &mut Vec<KeyValue>) {
+    fn message_attributes<M: IncomingMessage + ?Sized>(
+        &self,
+        message: &M,
+        attributes: &mut Vec<KeyValue>,
+    ) {
         if let Some(id) = message.message_id() {
             attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.into_owned()));
         }
         if let Some(id) = message.conversation_id() {
-            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_CONVERSATION_ID, id.to_owned()));
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_MESSAGE_CONVERSATION_ID,
+                id.to_owned(),
+            ));
         }
         if let Some(size) = message.body_size() {
-            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_BODY_SIZE, size as i64));
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_MESSAGE_BODY_SIZE,
+                size as i64,
+            ));
         }
         if let Some(partition) = message.partition_id() {
             attributes.push(KeyValue::new(
@@ -329,9 +372,16 @@ impl Instrumentation {
         message.attributes(attributes);
     }
 
-    fn consumer_attributes<M: IncomingMessage + ?Sized>(&self, message: &M, attributes: &mut Vec<KeyValue>) {
+    fn consumer_attributes<M: IncomingMessage + ?Sized>(
+        &self,
+        message: &M,
+        attributes: &mut Vec<KeyValue>,
+    ) {
         if let Some(group) = message.consumer_group() {
-            attributes.push(KeyValue::new(attr::MESSAGING_CONSUMER_GROUP_NAME, group.to_owned()));
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_CONSUMER_GROUP_NAME,
+                group.to_owned(),
+            ));
         }
         if let Some(subscription) = message.subscription_name() {
             attributes.push(KeyValue::new(
@@ -352,7 +402,11 @@ impl Instrumentation {
         }
     }
 
-    fn with_baggage(cx: Context, ambient: &Context, baggage: Option<opentelemetry::baggage::Baggage>) -> Context {
+    fn with_baggage(
+        cx: Context,
+        ambient: &Context,
+        baggage: Option<opentelemetry::baggage::Baggage>,
+    ) -> Context {
         match baggage {
             None => cx,
             Some(incoming) => {
@@ -380,7 +434,9 @@ impl Instrumentation {
             "process",
             &destination,
             &[
-                message.consumer_group().map(|g| (attr::MESSAGING_CONSUMER_GROUP_NAME, g)),
+                message
+                    .consumer_group()
+                    .map(|g| (attr::MESSAGING_CONSUMER_GROUP_NAME, g)),
                 message
                     .subscription_name()
                     .map(|s| (attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, s)),
@@ -397,12 +453,19 @@ impl Instrumentation {
         }
         let span = inner.tracer.build_with_context(builder, &parent);
         let cx = Self::with_baggage(parent.with_span(span), &ambient, baggage);
-        Operation::new(self.clone(), cx, Some((MetricKind::Process { count: 1 }, metric_attributes)))
+        Operation::new(
+            self.clone(),
+            cx,
+            Some((MetricKind::Process { count: 1 }, metric_attributes)),
+        )
     }
 
     /// Starts one CONSUMER `process` span for a batch, with one link per message that carried a
     /// valid context. Empty batches get no span.
-    pub(crate) fn start_batch_process<M: IncomingMessage>(&self, messages: &[M]) -> Option<Operation> {
+    pub(crate) fn start_batch_process<M: IncomingMessage>(
+        &self,
+        messages: &[M],
+    ) -> Option<Operation> {
         let first = messages.first()?;
         let inner = &*self.inner;
         let ambient = Context::current();
@@ -412,14 +475,19 @@ impl Instrumentation {
         self.destination_attributes(&mut attributes, &destination);
         self.consumer_attributes(first, &mut attributes);
         if messages.len() > 1 {
-            attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, messages.len() as i64));
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_BATCH_MESSAGE_COUNT,
+                messages.len() as i64,
+            ));
         }
         let links = self.links(messages);
         let metric_attributes = self.metric_attributes(
             "process",
             &destination,
             &[
-                first.consumer_group().map(|g| (attr::MESSAGING_CONSUMER_GROUP_NAME, g)),
+                first
+                    .consumer_group()
+                    .map(|g| (attr::MESSAGING_CONSUMER_GROUP_NAME, g)),
                 first
                     .subscription_name()
                     .map(|s| (attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, s)),
@@ -435,7 +503,12 @@ impl Instrumentation {
         Some(Operation::new(
             self.clone(),
             ambient.with_span(span),
-            Some((MetricKind::Process { count: messages.len() as u64 }, metric_attributes)),
+            Some((
+                MetricKind::Process {
+                    count: messages.len() as u64,
+                },
+                metric_attributes,
+            )),
         ))
     }
 
@@ -473,7 +546,10 @@ impl Instrumentation {
             self.consumer_attributes(first, &mut attributes);
         }
         if messages.len() > 1 {
-            attributes.push(KeyValue::new(attr::MESSAGING_BATCH_MESSAGE_COUNT, messages.len() as i64));
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_BATCH_MESSAGE_COUNT,
+                messages.len() as i64,
+            ));
         }
         let builder = inner
             .tracer
@@ -491,7 +567,9 @@ impl Instrumentation {
         );
         // The poll started before we were called; measure from there.
         let waited = started.elapsed().unwrap_or_default();
-        operation.started = Instant::now().checked_sub(waited).unwrap_or_else(Instant::now);
+        operation.started = Instant::now()
+            .checked_sub(waited)
+            .unwrap_or_else(Instant::now);
         Some(ReceiveSpan { operation })
     }
 
@@ -602,7 +680,10 @@ impl InstrumentationBuilder {
         let meter = self
             .meter
             .unwrap_or_else(|| global::meter_with_scope(scope()));
-        let mut common = vec![KeyValue::new(attr::MESSAGING_SYSTEM, self.system.name.clone())];
+        let mut common = vec![KeyValue::new(
+            attr::MESSAGING_SYSTEM,
+            self.system.name.clone(),
+        )];
         if let Some(address) = &self.system.server_address {
             common.push(KeyValue::new(attr::SERVER_ADDRESS, address.clone()));
         }
@@ -618,7 +699,10 @@ impl InstrumentationBuilder {
             .captured_headers
             .into_iter()
             .map(|name| {
-                let key = Key::new(format!("{HEADER_ATTRIBUTE_PREFIX}{}", name.to_ascii_lowercase()));
+                let key = Key::new(format!(
+                    "{HEADER_ATTRIBUTE_PREFIX}{}",
+                    name.to_ascii_lowercase()
+                ));
                 (name, key)
             })
             .collect();
@@ -673,7 +757,11 @@ impl fmt::Debug for Operation {
 }
 
 impl Operation {
-    fn new(instrumentation: Instrumentation, cx: Context, metric: Option<(MetricKind, Vec<KeyValue>)>) -> Self {
+    fn new(
+        instrumentation: Instrumentation,
+        cx: Context,
+        metric: Option<(MetricKind, Vec<KeyValue>)>,
+    ) -> Self {
         Self {
             instrumentation,
             cx,
@@ -713,8 +801,11 @@ impl Operation {
             if let Some(error_type) = error_type {
                 attributes.push(KeyValue::new(attr::ERROR_TYPE, error_type));
             }
-            self.instrumentation
-                .record_metrics(kind, self.started.elapsed().as_secs_f64(), &attributes);
+            self.instrumentation.record_metrics(
+                kind,
+                self.started.elapsed().as_secs_f64(),
+                &attributes,
+            );
         }
     }
 }

@@ -22,7 +22,9 @@ impl Metrics {
             operation_duration: meter
                 .f64_histogram(names::MESSAGING_CLIENT_OPERATION_DURATION)
                 .with_unit("s")
-                .with_description("Duration of messaging operation initiated by a producer or consumer client.")
+                .with_description(
+                    "Duration of messaging operation initiated by a producer or consumer client.",
+                )
                 .with_boundaries(DURATION_BOUNDARIES.to_vec())
                 .build(),
             process_duration: meter

@@ -50,11 +50,20 @@ mod tests {
         let d = Destination::new("orders");
         assert_eq!(SpanName::Destination.render("send", &d), "send orders");
         assert_eq!(
-            SpanName::Destination.render("process", &Destination::new("_INBOX.x").with_template("_INBOX.*")),
+            SpanName::Destination.render(
+                "process",
+                &Destination::new("_INBOX.x").with_template("_INBOX.*")
+            ),
             "process _INBOX.*"
         );
-        assert_eq!(SpanName::Destination.render("send", &Destination::new("tmp").temporary()), "send");
-        assert_eq!(SpanName::Template("q.*".into()).render("send", &d), "send q.*");
+        assert_eq!(
+            SpanName::Destination.render("send", &Destination::new("tmp").temporary()),
+            "send"
+        );
+        assert_eq!(
+            SpanName::Template("q.*".into()).render("send", &d),
+            "send q.*"
+        );
         assert_eq!(SpanName::OperationOnly.render("send", &d), "send");
     }
 }

@@ -49,6 +49,10 @@ where
             let _guard = cx.clone().attach();
             self.inner.call(message)
         };
-        ConsumerFuture::new(inner.with_context(cx), Some(operation), self.classify.clone())
+        ConsumerFuture::new(
+            inner.with_context(cx),
+            Some(operation),
+            self.classify.clone(),
+        )
     }
 }
