@@ -1,1 +1,245 @@
-fn main(){}
+//! Cost of tracelink's core per message, against what the OpenTelemetry SDK itself needs.
+//!
+//! * `yardstick/*`: two SDK spans started and ended plus one W3C inject and one extract with the
+//!   SDK's `TraceContextPropagator` over a `HashMap`: the least any instrumentation must pay.
+//! * `tracelink/*`: a message through `ProducerLayer` around a no-op publish service, then
+//!   through `ConsumerLayer` around a no-op handler (metrics included, aggregated by a periodic reader that exports once a minute).
+//! * `carrier/*`: inject + extract of a W3C context through the core's `HashMap` carriers.
+//!
+//! `sampled` exports through a batch processor into an exporter that discards; `unsampled` uses
+//! the `AlwaysOff` sampler. After criterion, the bench prints heap allocations per message,
+//! counted by a global allocator wrapper.
+//!
+//! Run: `cargo bench --bench core`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use criterion::{criterion_group, Criterion};
+use futures_util::FutureExt as _;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider};
+use opentelemetry::Context;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use tower::{service_fn, Service};
+use tracelink::core::carrier::{MapExtractor, MapInjector};
+use tracelink::core::{IncomingMessage, OutgoingMessage};
+use tracelink::{ConsumerLayer, Destination, Instrumentation, MessagingSystem, ProducerLayer};
+
+/// Counts allocations, so the bench can report them per message.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
+}
+
+fn tracer_provider(sampled: bool) -> SdkTracerProvider {
+    let builder = SdkTracerProvider::builder().with_batch_exporter(Discard);
+    if sampled {
+        builder.with_sampler(Sampler::AlwaysOn).build()
+    } else {
+        builder.with_sampler(Sampler::AlwaysOff).build()
+    }
+}
+
+#[derive(Clone)]
+struct Msg {
+    headers: HashMap<String, String>,
+}
+
+impl OutgoingMessage for Msg {
+    fn destination(&self) -> Destination<'_> {
+        Destination::new("orders")
+    }
+    fn with_headers_mut(&mut self, f: &mut dyn FnMut(&mut dyn Injector)) {
+        f(&mut MapInjector(&mut self.headers))
+    }
+    fn body_size(&self) -> Option<usize> {
+        Some(64)
+    }
+}
+
+impl IncomingMessage for Msg {
+    fn destination(&self) -> Destination<'_> {
+        Destination::new("orders")
+    }
+    fn with_headers(&self, f: &mut dyn FnMut(&dyn Extractor)) {
+        f(&MapExtractor(&self.headers))
+    }
+    fn body_size(&self) -> Option<usize> {
+        Some(64)
+    }
+}
+
+/// The SDK alone: producer span + inject, extract + consumer span.
+fn yardstick(tracer: &opentelemetry_sdk::trace::SdkTracer, propagator: &TraceContextPropagator) {
+    let mut headers: HashMap<String, String> = HashMap::new();
+    let span = tracer
+        .span_builder("send orders")
+        .with_kind(SpanKind::Producer)
+        .start(tracer);
+    let cx = Context::new().with_span(span);
+    propagator.inject_context(&cx, &mut headers);
+    cx.span().end();
+    let parent = propagator.extract(&headers);
+    let span = tracer
+        .span_builder("process orders")
+        .with_kind(SpanKind::Consumer)
+        .start_with_context(tracer, &parent);
+    let cx = parent.with_span(span);
+    cx.span().end();
+    black_box(cx);
+}
+
+/// What the no-op publish service answers: the message as the broker would have received it.
+struct Sent(Msg);
+
+impl tracelink::core::PublishResponse for Sent {}
+
+struct Ours<P, C> {
+    producer: P,
+    consumer: C,
+}
+
+fn ours(
+    tracer_provider: &SdkTracerProvider,
+    meter_provider: &SdkMeterProvider,
+) -> Ours<
+    impl Service<Msg, Response = Sent, Error = Infallible>,
+    impl Service<Msg, Response = (), Error = Infallible>,
+> {
+    let instr = Instrumentation::builder(
+        MessagingSystem::new("bench").with_server("127.0.0.1", Some(9092)),
+    )
+    .with_tracer_provider(tracer_provider)
+    .with_meter_provider(meter_provider)
+    .with_propagator(TraceContextPropagator::new())
+    .build();
+    let producer = tower::Layer::layer(
+        &ProducerLayer::from(instr.clone()),
+        service_fn(|m: Msg| async move { Ok::<_, Infallible>(Sent(m)) }),
+    );
+    let consumer = tower::Layer::layer(
+        &ConsumerLayer::from(instr),
+        service_fn(|m: Msg| async move {
+            black_box(m);
+            Ok::<_, Infallible>(())
+        }),
+    );
+    Ours { producer, consumer }
+}
+
+/// One message in through the producer layer, out through the consumer layer's handler.
+fn round_trip<P, C>(ours: &mut Ours<P, C>)
+where
+    P: Service<Msg, Response = Sent, Error = Infallible>,
+    C: Service<Msg, Response = (), Error = Infallible>,
+{
+    let msg = Msg {
+        headers: HashMap::new(),
+    };
+    let Some(Ok(Sent(received))) = ours.producer.call(msg).now_or_never() else {
+        unreachable!("the no-op publish service is ready at once")
+    };
+    let _ = black_box(ours.consumer.call(received).now_or_never());
+}
+
+fn benches(c: &mut Criterion) {
+    let propagator = TraceContextPropagator::new();
+    for sampled in [true, false] {
+        let label = if sampled { "sampled" } else { "unsampled" };
+        let provider = tracer_provider(sampled);
+        let meters = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+            .build();
+        let tracer = provider.tracer("yardstick");
+        c.bench_function(&format!("yardstick/{label}"), |b| {
+            b.iter(|| yardstick(&tracer, &propagator))
+        });
+        let mut ours = ours(&provider, &meters);
+        c.bench_function(&format!("tracelink/{label}"), |b| {
+            b.iter(|| round_trip(&mut ours))
+        });
+    }
+    let provider = tracer_provider(true);
+    let tracer = provider.tracer("carrier");
+    let cx = Context::new().with_span(tracer.start("x"));
+    c.bench_function("carrier/inject+extract", |b| {
+        b.iter(|| {
+            let mut headers = HashMap::new();
+            propagator.inject_context(&cx, &mut MapInjector(&mut headers));
+            black_box(propagator.extract(&MapExtractor(&headers)));
+        })
+    });
+}
+
+fn allocations_per_message() {
+    const N: u64 = 10_000;
+    let propagator = TraceContextPropagator::new();
+    println!("\nheap allocations per message (produce + consume), {N} messages:");
+    for sampled in [true, false] {
+        let label = if sampled { "sampled" } else { "unsampled" };
+        let provider = tracer_provider(sampled);
+        let meters = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+            .build();
+        let tracer = provider.tracer("yardstick");
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..N {
+            yardstick(&tracer, &propagator);
+        }
+        let yard = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let mut ours = ours(&provider, &meters);
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..N {
+            round_trip(&mut ours);
+        }
+        let ours = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        println!(
+            "  {label:9}  yardstick {:5.1}  tracelink {:5.1}",
+            yard as f64 / N as f64,
+            ours as f64 / N as f64
+        );
+        let _ = provider.shutdown();
+    }
+}
+
+criterion_group!(core, benches);
+
+fn main() {
+    core();
+    Criterion::default().configure_from_args().final_summary();
+    allocations_per_message();
+}
