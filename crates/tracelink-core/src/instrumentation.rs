@@ -9,8 +9,8 @@ use opentelemetry::baggage::BaggageExt;
 use opentelemetry::global::{self, BoxedTracer, ObjectSafeTracerProvider};
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
-use opentelemetry::trace::{Link, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, InstrumentationScope, Key, KeyValue};
+use opentelemetry::trace::{Link, Span, SpanContext, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, InstrumentationScope, Key, KeyValue, Value};
 use opentelemetry_semantic_conventions::attribute as attr;
 
 use crate::baggage_policy::BaggagePolicy;
@@ -26,6 +26,12 @@ pub const CANCELLED: &str = "cancelled";
 /// Prefix of captured header attributes. The semantic-conventions crate has no constant for this
 /// templated name (`messaging.header.<key>` is not in it), so it is spelled here once.
 const HEADER_ATTRIBUTE_PREFIX: &str = "messaging.header.";
+
+/// A reference-counted attribute value: cloning it for the span and the metrics of one
+/// operation costs no allocation.
+fn shared(text: &str) -> Value {
+    Value::from(Arc::<str>::from(text))
+}
 
 fn scope() -> InstrumentationScope {
     InstrumentationScope::builder("tracelink")
@@ -143,10 +149,11 @@ impl Instrumentation {
         &self,
         attributes: &mut Vec<KeyValue>,
         destination: &Destination<'_>,
+        name: &Value,
     ) {
         attributes.push(KeyValue::new(
             attr::MESSAGING_DESTINATION_NAME,
-            destination.name.to_owned(),
+            name.clone(),
         ));
         if let Some(template) = destination.template {
             attributes.push(KeyValue::new(
@@ -179,27 +186,27 @@ impl Instrumentation {
         ));
     }
 
+    /// Metric attributes; `name` is the destination's name value, shared with the span.
     fn metric_attributes(
         &self,
         operation_name: &'static str,
         destination: &Destination<'_>,
-        extra: &[Option<(&'static str, &str)>],
+        name: &Value,
+        extra: [Option<KeyValue>; 2],
     ) -> Vec<KeyValue> {
-        let mut attributes = Vec::with_capacity(self.inner.common.len() + 4);
+        let mut attributes = Vec::with_capacity(self.inner.common.len() + 5);
         attributes.extend(self.inner.common.iter().cloned());
         attributes.push(KeyValue::new(
             attr::MESSAGING_OPERATION_NAME,
             operation_name,
         ));
         // Metrics must stay low-cardinality: prefer the template over a per-request name.
-        let name = destination.template.unwrap_or(destination.name);
-        attributes.push(KeyValue::new(
-            attr::MESSAGING_DESTINATION_NAME,
-            name.to_owned(),
-        ));
-        for (key, value) in extra.iter().flatten() {
-            attributes.push(KeyValue::new(*key, (*value).to_owned()));
-        }
+        let name = match destination.template {
+            Some(template) => shared(template),
+            None => name.clone(),
+        };
+        attributes.push(KeyValue::new(attr::MESSAGING_DESTINATION_NAME, name));
+        attributes.extend(extra.into_iter().flatten());
         attributes
     }
 
@@ -218,38 +225,18 @@ impl Instrumentation {
         };
         let destination = message.destination();
         let name = inner.span_name.render(operation_name, &destination);
-        let mut attributes = Vec::with_capacity(16);
+        let destination_name = shared(destination.name);
+        // Attributes samplers may need go in at span start; the rest only when recording.
+        let mut attributes = Vec::with_capacity(10);
         self.operation_attributes(&mut attributes, operation_type, operation_name);
-        self.destination_attributes(&mut attributes, &destination);
-        if let Some(client_id) = &inner.client_id {
-            attributes.push(client_id.clone());
-        }
-        if let Some(id) = message.message_id() {
-            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.to_owned()));
-        }
-        if let Some(id) = message.conversation_id() {
-            attributes.push(KeyValue::new(
-                attr::MESSAGING_MESSAGE_CONVERSATION_ID,
-                id.to_owned(),
-            ));
-        }
-        if let Some(size) = message.body_size() {
-            attributes.push(KeyValue::new(
-                attr::MESSAGING_MESSAGE_BODY_SIZE,
-                size as i64,
-            ));
-        }
-        if let Some(partition) = message.partition_id() {
-            attributes.push(KeyValue::new(
-                attr::MESSAGING_DESTINATION_PARTITION_ID,
-                partition.into_owned(),
-            ));
-        }
-        message.attributes(&mut attributes);
+        self.destination_attributes(&mut attributes, &destination, &destination_name);
         let metric_attributes = match operation {
-            PublishOperation::Send => {
-                Some(self.metric_attributes(operation_name, &destination, &[]))
-            }
+            PublishOperation::Send => Some(self.metric_attributes(
+                operation_name,
+                &destination,
+                &destination_name,
+                [None, None],
+            )),
             PublishOperation::Create => None,
         };
         let builder = inner
@@ -257,7 +244,36 @@ impl Instrumentation {
             .span_builder(name)
             .with_kind(kind)
             .with_attributes(attributes);
-        let span = inner.tracer.build_with_context(builder, parent);
+        let mut span = inner.tracer.build_with_context(builder, parent);
+        if span.is_recording() {
+            let mut details = Vec::with_capacity(8);
+            if let Some(client_id) = &inner.client_id {
+                details.push(client_id.clone());
+            }
+            if let Some(id) = message.message_id() {
+                details.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.to_owned()));
+            }
+            if let Some(id) = message.conversation_id() {
+                details.push(KeyValue::new(
+                    attr::MESSAGING_MESSAGE_CONVERSATION_ID,
+                    id.to_owned(),
+                ));
+            }
+            if let Some(size) = message.body_size() {
+                details.push(KeyValue::new(
+                    attr::MESSAGING_MESSAGE_BODY_SIZE,
+                    size as i64,
+                ));
+            }
+            if let Some(partition) = message.partition_id() {
+                details.push(KeyValue::new(
+                    attr::MESSAGING_DESTINATION_PARTITION_ID,
+                    partition.into_owned(),
+                ));
+            }
+            message.attributes(&mut details);
+            span.set_attributes(details);
+        }
         let cx = parent.with_span(span);
         message.with_headers_mut(&mut |injector| self.inject(&cx, injector));
         Operation::new(
@@ -284,7 +300,8 @@ impl Instrumentation {
         };
         let mut attributes = Vec::with_capacity(12);
         self.operation_attributes(&mut attributes, "send", operation_name);
-        self.destination_attributes(&mut attributes, destination);
+        let destination_name = shared(destination.name);
+        self.destination_attributes(&mut attributes, destination, &destination_name);
         if let Some(client_id) = &inner.client_id {
             attributes.push(client_id.clone());
         }
@@ -300,7 +317,8 @@ impl Instrumentation {
             .with_kind(kind)
             .with_attributes(attributes);
         let span = inner.tracer.build_with_context(builder, parent);
-        let metric_attributes = self.metric_attributes(operation_name, destination, &[]);
+        let metric_attributes =
+            self.metric_attributes(operation_name, destination, &destination_name, [None, None]);
         Operation::new(
             self.clone(),
             parent.with_span(span),
@@ -372,23 +390,21 @@ impl Instrumentation {
         message.attributes(attributes);
     }
 
-    fn consumer_attributes<M: IncomingMessage + ?Sized>(
-        &self,
-        message: &M,
-        attributes: &mut Vec<KeyValue>,
-    ) {
-        if let Some(group) = message.consumer_group() {
-            attributes.push(KeyValue::new(
-                attr::MESSAGING_CONSUMER_GROUP_NAME,
-                group.to_owned(),
-            ));
-        }
-        if let Some(subscription) = message.subscription_name() {
-            attributes.push(KeyValue::new(
-                attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
-                subscription.to_owned(),
-            ));
-        }
+    /// `messaging.consumer.group.name` and `messaging.destination.subscription.name`, shared by
+    /// the span and the metrics.
+    fn consumer_keys<M: IncomingMessage + ?Sized>(&self, message: &M) -> [Option<KeyValue>; 2] {
+        [
+            message
+                .consumer_group()
+                .map(|g| KeyValue::new(attr::MESSAGING_CONSUMER_GROUP_NAME, shared(g))),
+            message
+                .subscription_name()
+                .map(|s| KeyValue::new(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, shared(s))),
+        ]
+    }
+
+    fn consumer_attributes(&self, keys: &[Option<KeyValue>; 2], attributes: &mut Vec<KeyValue>) {
+        attributes.extend(keys.iter().flatten().cloned());
         if let Some(client_id) = &self.inner.client_id {
             attributes.push(client_id.clone());
         }
@@ -427,21 +443,12 @@ impl Instrumentation {
         self.operation_attributes(&mut attributes, "process", "process");
         let (producer, baggage) = self.read_message(message, &mut attributes);
         let destination = message.destination();
-        self.destination_attributes(&mut attributes, &destination);
-        self.consumer_attributes(message, &mut attributes);
-        self.message_attributes(message, &mut attributes);
-        let metric_attributes = self.metric_attributes(
-            "process",
-            &destination,
-            &[
-                message
-                    .consumer_group()
-                    .map(|g| (attr::MESSAGING_CONSUMER_GROUP_NAME, g)),
-                message
-                    .subscription_name()
-                    .map(|s| (attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, s)),
-            ],
-        );
+        let destination_name = shared(destination.name);
+        self.destination_attributes(&mut attributes, &destination, &destination_name);
+        let consumer_keys = self.consumer_keys(message);
+        self.consumer_attributes(&consumer_keys, &mut attributes);
+        let metric_attributes =
+            self.metric_attributes("process", &destination, &destination_name, consumer_keys);
         let parent = self.process_parent(&ambient, producer.as_ref());
         let mut builder = inner
             .tracer
@@ -451,7 +458,12 @@ impl Instrumentation {
         if let Some(sc) = producer {
             builder = builder.with_links(vec![Link::with_context(sc)]);
         }
-        let span = inner.tracer.build_with_context(builder, &parent);
+        let mut span = inner.tracer.build_with_context(builder, &parent);
+        if span.is_recording() {
+            let mut details = Vec::with_capacity(8);
+            self.message_attributes(message, &mut details);
+            span.set_attributes(details);
+        }
         let cx = Self::with_baggage(parent.with_span(span), &ambient, baggage);
         Operation::new(
             self.clone(),
@@ -472,8 +484,10 @@ impl Instrumentation {
         let destination = first.destination();
         let mut attributes = Vec::with_capacity(12);
         self.operation_attributes(&mut attributes, "process", "process");
-        self.destination_attributes(&mut attributes, &destination);
-        self.consumer_attributes(first, &mut attributes);
+        let destination_name = shared(destination.name);
+        self.destination_attributes(&mut attributes, &destination, &destination_name);
+        let consumer_keys = self.consumer_keys(first);
+        self.consumer_attributes(&consumer_keys, &mut attributes);
         if messages.len() > 1 {
             attributes.push(KeyValue::new(
                 attr::MESSAGING_BATCH_MESSAGE_COUNT,
@@ -481,18 +495,8 @@ impl Instrumentation {
             ));
         }
         let links = self.links(messages);
-        let metric_attributes = self.metric_attributes(
-            "process",
-            &destination,
-            &[
-                first
-                    .consumer_group()
-                    .map(|g| (attr::MESSAGING_CONSUMER_GROUP_NAME, g)),
-                first
-                    .subscription_name()
-                    .map(|s| (attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, s)),
-            ],
-        );
+        let metric_attributes =
+            self.metric_attributes("process", &destination, &destination_name, consumer_keys);
         let builder = inner
             .tracer
             .span_builder(inner.span_name.render("process", &destination))
@@ -541,10 +545,13 @@ impl Instrumentation {
         let ambient = Context::current();
         let mut attributes = Vec::with_capacity(12);
         self.operation_attributes(&mut attributes, "receive", "receive");
-        self.destination_attributes(&mut attributes, &destination);
-        if let Some(first) = messages.first() {
-            self.consumer_attributes(first, &mut attributes);
-        }
+        let destination_name = shared(destination.name);
+        self.destination_attributes(&mut attributes, &destination, &destination_name);
+        let consumer_keys = match messages.first() {
+            Some(first) => self.consumer_keys(first),
+            None => [None, None],
+        };
+        self.consumer_attributes(&consumer_keys, &mut attributes);
         if messages.len() > 1 {
             attributes.push(KeyValue::new(
                 attr::MESSAGING_BATCH_MESSAGE_COUNT,
@@ -559,7 +566,8 @@ impl Instrumentation {
             .with_attributes(attributes)
             .with_links(self.links(messages));
         let span = inner.tracer.build_with_context(builder, &ambient);
-        let metric_attributes = self.metric_attributes("receive", &destination, &[]);
+        let metric_attributes =
+            self.metric_attributes("receive", &destination, &destination_name, consumer_keys);
         let mut operation = Operation::new(
             self.clone(),
             ambient.with_span(span),
@@ -682,10 +690,10 @@ impl InstrumentationBuilder {
             .unwrap_or_else(|| global::meter_with_scope(scope()));
         let mut common = vec![KeyValue::new(
             attr::MESSAGING_SYSTEM,
-            self.system.name.clone(),
+            shared(&self.system.name),
         )];
         if let Some(address) = &self.system.server_address {
-            common.push(KeyValue::new(attr::SERVER_ADDRESS, address.clone()));
+            common.push(KeyValue::new(attr::SERVER_ADDRESS, shared(address)));
         }
         if let Some(port) = self.system.server_port {
             common.push(KeyValue::new(attr::SERVER_PORT, i64::from(port)));
@@ -694,7 +702,7 @@ impl InstrumentationBuilder {
             .system
             .client_id
             .clone()
-            .map(|id| KeyValue::new(attr::MESSAGING_CLIENT_ID, id));
+            .map(|id| KeyValue::new(attr::MESSAGING_CLIENT_ID, shared(&id)));
         let captured_headers = self
             .captured_headers
             .into_iter()
