@@ -238,7 +238,38 @@ fn allocations_per_message() {
 
 criterion_group!(core, benches);
 
+/// `TRACELINK_BENCH_CASE=<yardstick|tracelink>-<sampled|unsampled> TRACELINK_BENCH_N=<n>` runs
+/// just that case `n` times and exits: for instruction counts under `valgrind --tool=callgrind`,
+/// which do not depend on what else the machine is doing (see BENCHMARKS.md).
+fn single_case(case: &str, n: u64) {
+    let sampled = case.ends_with("-sampled");
+    let provider = tracer_provider(sampled);
+    let meters = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(InMemoryMetricExporter::default()).build())
+        .build();
+    if case.starts_with("yardstick") {
+        let propagator = TraceContextPropagator::new();
+        let tracer = provider.tracer("yardstick");
+        for _ in 0..n {
+            yardstick(&tracer, &propagator);
+        }
+    } else {
+        let mut ours = ours(&provider, &meters);
+        for _ in 0..n {
+            round_trip(&mut ours);
+        }
+    }
+}
+
 fn main() {
+    if let Ok(case) = std::env::var("TRACELINK_BENCH_CASE") {
+        let n = std::env::var("TRACELINK_BENCH_N")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(10_000);
+        single_case(&case, n);
+        return;
+    }
     core();
     Criterion::default().configure_from_args().final_summary();
     allocations_per_message();
