@@ -29,6 +29,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tower::{service_fn, Service};
 use tracelink::core::carrier::{MapExtractor, MapInjector};
+use tracelink::core::propagation::W3cTraceContextPropagator;
 use tracelink::core::{IncomingMessage, OutgoingMessage};
 use tracelink::{ConsumerLayer, Destination, Instrumentation, MessagingSystem, ProducerLayer};
 
@@ -123,6 +124,15 @@ fn yardstick(tracer: &opentelemetry_sdk::trace::SdkTracer, propagator: &TraceCon
     black_box(cx);
 }
 
+/// A carrier that only appends, standing in for a broker's header list.
+struct VecInjector<'a>(&'a mut Vec<(String, String)>);
+
+impl Injector for VecInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
+    }
+}
+
 /// What the no-op publish service answers: the message as the broker would have received it.
 struct Sent(Msg);
 
@@ -140,12 +150,34 @@ fn ours(
     impl Service<Msg, Response = Sent, Error = Infallible>,
     impl Service<Msg, Response = (), Error = Infallible>,
 > {
+    ours_with(tracer_provider, meter_provider, TraceContextPropagator::new())
+}
+
+/// The same, with tracelink's own W3C propagator.
+fn ours_fast(
+    tracer_provider: &SdkTracerProvider,
+    meter_provider: &SdkMeterProvider,
+) -> Ours<
+    impl Service<Msg, Response = Sent, Error = Infallible>,
+    impl Service<Msg, Response = (), Error = Infallible>,
+> {
+    ours_with(tracer_provider, meter_provider, W3cTraceContextPropagator::new())
+}
+
+fn ours_with<P: TextMapPropagator + Send + Sync + 'static>(
+    tracer_provider: &SdkTracerProvider,
+    meter_provider: &SdkMeterProvider,
+    propagator: P,
+) -> Ours<
+    impl Service<Msg, Response = Sent, Error = Infallible>,
+    impl Service<Msg, Response = (), Error = Infallible>,
+> {
     let instr = Instrumentation::builder(
         MessagingSystem::new("bench").with_server("127.0.0.1", Some(9092)),
     )
     .with_tracer_provider(tracer_provider)
     .with_meter_provider(meter_provider)
-    .with_propagator(TraceContextPropagator::new())
+    .with_propagator(propagator)
     .build();
     let producer = tower::Layer::layer(
         &ProducerLayer::from(instr.clone()),
@@ -192,6 +224,10 @@ fn benches(c: &mut Criterion) {
         c.bench_function(&format!("tracelink/{label}"), |b| {
             b.iter(|| round_trip(&mut ours))
         });
+        let mut fast = ours_fast(&provider, &meters);
+        c.bench_function(&format!("tracelink-w3c/{label}"), |b| {
+            b.iter(|| round_trip(&mut fast))
+        });
     }
     let provider = tracer_provider(true);
     let tracer = provider.tracer("carrier");
@@ -203,6 +239,24 @@ fn benches(c: &mut Criterion) {
             black_box(propagator.extract(&MapExtractor(&headers)));
         })
     });
+    let mut headers = HashMap::new();
+    propagator.inject_context(&cx, &mut MapInjector(&mut headers));
+    let fast = W3cTraceContextPropagator::new();
+    for (name, p) in [
+        ("sdk", &propagator as &dyn TextMapPropagator),
+        ("tracelink", &fast as &dyn TextMapPropagator),
+    ] {
+        c.bench_function(&format!("propagator/{name}/inject"), |b| {
+            b.iter(|| {
+                let mut out: Vec<(String, String)> = Vec::with_capacity(2);
+                p.inject_context(&cx, &mut VecInjector(&mut out));
+                black_box(out);
+            })
+        });
+        c.bench_function(&format!("propagator/{name}/extract"), |b| {
+            b.iter(|| black_box(p.extract(&MapExtractor(&headers))))
+        });
+    }
 }
 
 fn allocations_per_message() {
@@ -252,6 +306,11 @@ fn single_case(case: &str, n: u64) {
         let tracer = provider.tracer("yardstick");
         for _ in 0..n {
             yardstick(&tracer, &propagator);
+        }
+    } else if case.starts_with("tracelink-w3c") {
+        let mut ours = ours_fast(&provider, &meters);
+        for _ in 0..n {
+            round_trip(&mut ours);
         }
     } else {
         let mut ours = ours(&provider, &meters);

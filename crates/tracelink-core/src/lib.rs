@@ -125,6 +125,7 @@ mod link_mode;
 mod message;
 mod metrics;
 mod producer;
+pub mod propagation;
 mod span_name;
 
 pub use baggage_policy::BaggagePolicy;
