@@ -1,0 +1,192 @@
+//! Amazon SQS adapter of [tracelink](https://docs.rs/tracelink): traces that survive SQS.
+//!
+//! * **Carriers** over SQS message attributes ([`AttributeInjector`], [`AttributeExtractor`]):
+//!   the propagator's fields (`traceparent`, `tracestate`, `baggage` with the W3C propagators)
+//!   travel as `String` attributes; `Binary` attributes holding UTF-8 are read too.
+//! * **The 10-attribute limit.** SQS rejects a message with more than 10 message attributes.
+//!   Tracing never makes a send fail: when the message's own attributes leave no room for the
+//!   propagator's fields, the context goes into the `AWSTraceHeader` system attribute (X-Ray
+//!   format) or is skipped with a warning ([`OverflowPolicy`]); either way the producer span gets
+//!   an event and the `tracelink.sqs.context.overflow` counter counts the message. `AWSTraceHeader` can also be chosen outright
+//!   ([`TraceCarrier`]).
+//! * **Traced sends**: [`SqsSender`] is a tower service for `SendMessage` ([`SendRequest`]),
+//!   [`SqsBatchSender`] for `SendMessageBatch` (`Vec<SendRequest>`); [`SqsSender::traced`] and
+//!   [`SqsSender::traced_batch`] wrap it in the core's producer layers. Spans `send {queue}`
+//!   (and a `create {queue}` per batch entry, each entry with its own context; refused entries
+//!   fail their span with the SQS error code) with `messaging.system` = `aws_sqs`,
+//!   `messaging.destination.name`, `aws.sqs.queue.url`, `messaging.message.id`,
+//!   `aws.request_id`, `server.address` and `error.type`.
+//! * **The receive loop**: [`SqsConsumer`] long-polls `ReceiveMessage`, always asking for the
+//!   propagator's attributes and `AWSTraceHeader` on top of what you asked for (your `All`
+//!   stays `All`), records a CLIENT `receive {queue}` span per non-empty receive with a link
+//!   per message, runs your handler in a CONSUMER `process {queue}` span linked to the message's
+//!   creation context, deletes the message only after the handler succeeded and otherwise lets
+//!   SQS redeliver it ([`OnFailure`]), so a redrive policy dead-letters it as usual. The context
+//!   is read from the message attributes, else from the envelope of an SNS notification (SNS
+//!   subscription without raw delivery), else from `AWSTraceHeader` ([`ContextSource`]). The
+//!   messages of one receive are handled concurrently, those of a FIFO queue in order (after a
+//!   failure the rest of that receive waits for redelivery).
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use tower::{service_fn, Service, ServiceExt};
+//! use tracelink_core::Instrumentation;
+//! use tracelink_sqs::{ReceivedMessage, SendRequest, SqsConsumer, SqsSender};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let (client, system) = tracelink_sqs::client_from_env(None).await;
+//! let queue_url = client.create_queue().queue_name("orders").send().await?
+//!     .queue_url().unwrap_or_default().to_owned();
+//! // Install your tracer provider and propagator first (global), or pass them to the builder.
+//! let instrumentation = Instrumentation::new(system);
+//!
+//! // Send: a PRODUCER span `send orders`, its context in the message attributes.
+//! let mut sender = SqsSender::new(client.clone(), instrumentation.clone()).traced();
+//! sender.ready().await?.call(SendRequest::new(&queue_url, "order #1")).await?;
+//!
+//! // Receive: `receive orders`, then `process orders` per message, linked to the producer.
+//! let mut consumer = SqsConsumer::builder(client, &queue_url, instrumentation).build(
+//!     service_fn(|message: ReceivedMessage| async move {
+//!         println!("{}", message.body());
+//!         Ok::<_, Infallible>(())
+//!     }),
+//! );
+//! consumer.poll().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Customisation
+//!
+//! * Everything the core offers through the [`Instrumentation`](tracelink_core::Instrumentation)
+//!   builder: tracer and meter providers, propagator (B3, Jaeger, X-Ray work unchanged), link
+//!   mode, span names, header capture, baggage policy.
+//! * Sending: [`SqsSender::with_carrier`] (message attributes, `AWSTraceHeader`, or both) and
+//!   [`SqsSender::with_overflow_policy`].
+//! * Receiving: [`SqsConsumerBuilder`] sets the batch size, long-poll wait, visibility timeout,
+//!   the attribute names your handler needs, the failure policy ([`OnFailure`]) and the
+//!   `error.type` classifier of handler errors.
+//! * Your own receive loop: wrap SDK messages with [`ReceivedMessage::new`] and use the core's
+//!   [`ConsumerLayer`](tracelink_core::ConsumerLayer) and
+//!   [`Instrumentation::receive_span`](tracelink_core::Instrumentation::receive_span); ask for
+//!   the propagator's attribute names and `AWSTraceHeader` yourself.
+//!
+//! # Cargo features
+//!
+//! * `aws-config` (default): [`client_from_env`], a client from the standard AWS configuration
+//!   with an optional endpoint override.
+//!
+//! The SDK is used with `rt-tokio`, `default-https-client` (rustls) and
+//! `behavior-version-latest`.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+#![deny(unreachable_pub)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod carrier;
+mod consumer;
+mod error;
+mod message;
+mod send;
+mod sns;
+
+pub use carrier::{AttributeExtractor, AttributeInjector};
+pub use consumer::{OnFailure, PollOutcome, SqsConsumer, SqsConsumerBuilder};
+pub use error::{EntryError, SqsError};
+pub use message::{queue_name, ContextSource, ReceivedMessage, SendRequest};
+pub use send::{
+    BatchSent, OverflowPolicy, SendFuture, SentMessage, SqsBatchSender, SqsSender, TraceCarrier,
+    MAX_MESSAGE_ATTRIBUTES,
+};
+
+/// Re-exported so users name the same SDK version.
+pub use aws_sdk_sqs;
+
+use tracelink_core::MessagingSystem;
+
+/// The `messaging.system` value for Amazon SQS. (The semantic-conventions crate has the
+/// attribute name but no constant for its values.)
+pub const SYSTEM: &str = "aws_sqs";
+
+/// The [`MessagingSystem`] of SQS at `endpoint_url` (an emulator, a VPC endpoint), or at the
+/// regional endpoint `sqs.{region}.amazonaws.com` when there is none: `aws_sqs`, with
+/// `server.address` and `server.port`.
+///
+/// (The SDK's `Config` does not expose its endpoint override, so it is passed here.)
+pub fn messaging_system(endpoint_url: Option<&str>, region: Option<&str>) -> MessagingSystem {
+    let system = MessagingSystem::new(SYSTEM);
+    if let Some((host, port)) = endpoint_url.and_then(host_and_port) {
+        return system.with_server(host, port);
+    }
+    match region {
+        Some(region) => system.with_server(format!("sqs.{region}.amazonaws.com"), Some(443)),
+        None => system,
+    }
+}
+
+/// Host and port of an endpoint URL (`http://127.0.0.1:5000` → `127.0.0.1`, `5000`).
+fn host_and_port(url: &str) -> Option<(String, Option<u16>)> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if authority.is_empty() {
+        return None;
+    }
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return Some((host.to_owned(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host.to_owned(), port.parse().ok())),
+        None => Some((authority.to_owned(), None)),
+    }
+}
+
+/// A client from the standard AWS configuration (environment, profile, credential chain,
+/// region), talking to `endpoint` when given (an emulator such as moto or LocalStack), and the
+/// [`MessagingSystem`] describing it (see [`messaging_system`]). Without `endpoint`, the
+/// `AWS_ENDPOINT_URL` variable and profile settings apply as usual.
+#[cfg(feature = "aws-config")]
+pub async fn client_from_env(endpoint: Option<&str>) -> (aws_sdk_sqs::Client, MessagingSystem) {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(endpoint) = endpoint {
+        loader = loader.endpoint_url(endpoint);
+    }
+    let config = loader.load().await;
+    let system = messaging_system(config.endpoint_url(), config.region().map(|r| r.as_ref()));
+    (aws_sdk_sqs::Client::new(&config), system)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!(
+            host_and_port("http://127.0.0.1:5000"),
+            Some(("127.0.0.1".into(), Some(5000)))
+        );
+        assert_eq!(
+            host_and_port("https://sqs.eu-west-1.amazonaws.com/"),
+            Some(("sqs.eu-west-1.amazonaws.com".into(), None))
+        );
+        assert_eq!(
+            host_and_port("http://[::1]:4566/x"),
+            Some(("::1".into(), Some(4566)))
+        );
+        assert_eq!(host_and_port("http://"), None);
+    }
+
+    #[test]
+    fn system_names_aws_sqs() {
+        assert_eq!(messaging_system(None, Some("us-east-1")).name(), "aws_sqs");
+    }
+}

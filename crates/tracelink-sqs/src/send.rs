@@ -1,0 +1,613 @@
+//! Sending: the raw `SendMessage`/`SendMessageBatch` tower service and where the trace context
+//! goes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use aws_sdk_sqs::operation::RequestId;
+use aws_sdk_sqs::types::{
+    MessageAttributeValue, MessageSystemAttributeNameForSends, MessageSystemAttributeValue,
+    SendMessageBatchRequestEntry,
+};
+use aws_sdk_sqs::Client;
+use opentelemetry::metrics::{Counter, MeterProvider};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::KeyValue;
+use opentelemetry_semantic_conventions::attribute as attr;
+use tower::{Layer, Service};
+use tracelink_core::carrier::MapExtractor;
+use tracelink_core::{
+    BatchProducerLayer, BatchProducerService, DefaultErrorType, Instrumentation, ProducerLayer,
+    ProducerService, PublishResponse,
+};
+
+use crate::carrier::{string_attribute, xray_header};
+use crate::error::{EntryError, SqsError};
+use crate::message::SendRequest;
+
+/// SQS rejects a message with more message attributes than this.
+pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+
+/// Counter of messages whose context did not fit in their message attributes. Not a semantic
+/// convention (none exists for it), hence spelled here.
+const OVERFLOW_METRIC: &str = "tracelink.sqs.context.overflow";
+/// Event added to the producer span on overflow (no semantic convention either).
+const OVERFLOW_EVENT: &str = "trace context did not fit in the message attributes";
+/// Attribute of [`OVERFLOW_METRIC`] and [`OVERFLOW_EVENT`]: where the context went instead (`aws_trace_header` or
+/// `skipped`). Not a semantic convention either.
+const OVERFLOW_OUTCOME: &str = "tracelink.sqs.overflow.outcome";
+
+/// Where the sender writes the trace context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TraceCarrier {
+    /// The propagator's fields as `String` message attributes (default). When they do not fit
+    /// in the 10 attributes SQS allows, the [`OverflowPolicy`] applies.
+    #[default]
+    MessageAttributes,
+    /// Only the `AWSTraceHeader` system attribute, in X-Ray format: it does not count against
+    /// the 10 message attributes, and AWS services (Lambda, X-Ray) read it. It carries trace and
+    /// span ids and the sampled flag, not baggage.
+    AwsTraceHeader,
+    /// Both, like the OpenTelemetry Java agent: message attributes (with the overflow policy)
+    /// and `AWSTraceHeader` always.
+    Both,
+}
+
+/// What to do when the message's own attributes leave no room for the propagator's fields.
+///
+/// Attributes named like one of the propagator's fields (a `traceparent` copied from a received
+/// message, say) count as the propagator's own: they are replaced, not added. When the fields
+/// still do not fit, none of them is written (SQS would reject the whole message), stale copies
+/// of them are removed, and:
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverflowPolicy {
+    /// The context goes into the `AWSTraceHeader` system attribute (X-Ray format) instead
+    /// (default). Consumers read it when no message attribute carries a context.
+    #[default]
+    AwsTraceHeader,
+    /// The context is not sent: the consumer starts an unlinked trace. A warn-level `tracing`
+    /// event is emitted.
+    Skip,
+}
+
+/// Where the trace fields of one message go: the outcome of the 10-attribute check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placement {
+    /// Every field as a message attribute.
+    Attributes,
+    /// No field fits.
+    Overflow,
+}
+
+/// Decides whether `fields` fit next to `attributes`, counting attributes named like a field
+/// (ASCII case ignored) as the field's own.
+pub(crate) fn placement(
+    attributes: &HashMap<String, MessageAttributeValue>,
+    fields: &HashMap<String, String>,
+) -> Placement {
+    let others = attributes
+        .keys()
+        .filter(|name| !fields.keys().any(|f| f.eq_ignore_ascii_case(name)))
+        .count();
+    if others + fields.len() <= MAX_MESSAGE_ATTRIBUTES {
+        Placement::Attributes
+    } else {
+        Placement::Overflow
+    }
+}
+
+/// The raw SQS sending service: [`SendRequest`] → `SendMessage` ([`batch`](SqsSender::batch)
+/// gives the `SendMessageBatch` one). It places the trace fields the producer layer staged in each request;
+/// [`traced`](SqsSender::traced) and [`traced_batch`](SqsSender::traced_batch) wrap it in the
+/// core's layers.
+///
+/// ```no_run
+/// # async fn demo(client: aws_sdk_sqs::Client, url: String) -> Result<(), tracelink_sqs::SqsError> {
+/// use tower::{Service, ServiceExt};
+/// use tracelink_sqs::{messaging_system, SendRequest, SqsSender};
+/// use tracelink_core::Instrumentation;
+///
+/// let system = messaging_system(None, Some("us-east-1"));
+/// let instrumentation = Instrumentation::new(system);
+/// let mut send = SqsSender::new(client, instrumentation).traced();
+/// let sent = send.ready().await?.call(SendRequest::new(url, "hello")).await?;
+/// println!("{:?}", sent.message_id);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct SqsSender {
+    client: Client,
+    instrumentation: Instrumentation,
+    carrier: TraceCarrier,
+    overflow: OverflowPolicy,
+    overflow_counter: Counter<u64>,
+}
+
+impl SqsSender {
+    /// A sender over `client`, reading contexts through `instrumentation`'s propagator when it
+    /// has to re-encode them as X-Ray headers.
+    pub fn new(client: Client, instrumentation: Instrumentation) -> Self {
+        let meter = opentelemetry::global::meter("tracelink-sqs");
+        Self {
+            client,
+            instrumentation,
+            carrier: TraceCarrier::default(),
+            overflow: OverflowPolicy::default(),
+            overflow_counter: overflow_counter(&meter),
+        }
+    }
+
+    /// Where the context goes (default [`TraceCarrier::MessageAttributes`]).
+    pub fn with_carrier(mut self, carrier: TraceCarrier) -> Self {
+        self.carrier = carrier;
+        self
+    }
+
+    /// What happens when the context does not fit (default [`OverflowPolicy::AwsTraceHeader`]).
+    pub fn with_overflow_policy(mut self, policy: OverflowPolicy) -> Self {
+        self.overflow = policy;
+        self
+    }
+
+    /// The overflow counter (`tracelink.sqs.context.overflow`) goes to `provider` instead of the
+    /// global meter provider.
+    pub fn with_meter_provider<P: MeterProvider>(mut self, provider: &P) -> Self {
+        self.overflow_counter = overflow_counter(&provider.meter("tracelink-sqs"));
+        self
+    }
+
+    /// The SQS client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Wrapped in a [`ProducerLayer`]: a PRODUCER `send {queue}` span per message.
+    pub fn traced(self) -> ProducerService<SqsSender, DefaultErrorType> {
+        ProducerLayer::from(self.instrumentation.clone()).layer(self)
+    }
+
+    /// Wrapped in a [`BatchProducerLayer`]: one `send {queue}` span per batch, one PRODUCER
+    /// `create {queue}` span (and context) per message, per-entry failures on their spans.
+    pub fn traced_batch(self) -> BatchProducerService<SqsBatchSender, DefaultErrorType> {
+        BatchProducerLayer::from(self.instrumentation.clone()).layer(self.batch())
+    }
+
+    /// The raw `SendMessageBatch` service with the same configuration.
+    pub fn batch(self) -> SqsBatchSender {
+        SqsBatchSender { sender: self }
+    }
+
+    /// Moves the staged trace fields of `request` into its attributes or its `AWSTraceHeader`,
+    /// per the carrier and overflow policy.
+    fn place(&self, request: &mut SendRequest) {
+        let mut fields = std::mem::take(&mut request.staged);
+        // The W3C propagator writes an empty `tracestate` when there is none; SQS rejects empty
+        // attribute values, and it must not take one of the 10 places.
+        fields.retain(|_, value| !value.is_empty());
+        if fields.is_empty() {
+            return;
+        }
+        let mut xray = self.carrier != TraceCarrier::MessageAttributes;
+        if self.carrier != TraceCarrier::AwsTraceHeader {
+            match placement(&request.attributes, &fields) {
+                Placement::Attributes => {
+                    for (key, value) in &fields {
+                        request
+                            .attributes
+                            .retain(|k, _| !k.eq_ignore_ascii_case(key));
+                        if let Some(value) = string_attribute(value.clone()) {
+                            request.attributes.insert(key.clone(), value);
+                        }
+                    }
+                }
+                Placement::Overflow => {
+                    // A stale copy of a field (copied from a received message) would win over
+                    // the AWSTraceHeader on the consumer side and link to the wrong producer.
+                    request
+                        .attributes
+                        .retain(|k, _| !fields.keys().any(|f| f.eq_ignore_ascii_case(k)));
+                    let outcome = match self.overflow {
+                        OverflowPolicy::AwsTraceHeader => {
+                            xray = true;
+                            tracing::debug!(
+                                queue = request.queue_name(),
+                                "trace context does not fit in the message attributes; sent as AWSTraceHeader"
+                            );
+                            "aws_trace_header"
+                        }
+                        OverflowPolicy::Skip => {
+                            tracing::warn!(
+                                queue = request.queue_name(),
+                                attributes = request.attributes.len(),
+                                "trace context does not fit in SQS's 10 message attributes; not sent"
+                            );
+                            "skipped"
+                        }
+                    };
+                    // The producer span (the batch's `send` span) is current while the layer
+                    // calls us: note there why the consumer may see no message-attribute context.
+                    opentelemetry::Context::current().span().add_event(
+                        OVERFLOW_EVENT,
+                        vec![KeyValue::new(OVERFLOW_OUTCOME, outcome)],
+                    );
+                    self.overflow_counter.add(
+                        1,
+                        &[
+                            KeyValue::new(attr::MESSAGING_SYSTEM, crate::SYSTEM),
+                            KeyValue::new(
+                                attr::MESSAGING_DESTINATION_NAME,
+                                request.queue_name().to_owned(),
+                            ),
+                            KeyValue::new(OVERFLOW_OUTCOME, outcome),
+                        ],
+                    );
+                }
+            }
+        }
+        if xray {
+            let cx = self.instrumentation.extract(&MapExtractor(&fields));
+            if let Some(header) = xray_header(cx.span().span_context()) {
+                request.trace_header = Some(header);
+            }
+        }
+    }
+}
+
+fn overflow_counter(meter: &opentelemetry::metrics::Meter) -> Counter<u64> {
+    meter
+        .u64_counter(OVERFLOW_METRIC)
+        .with_unit("{message}")
+        .with_description(
+            "Messages whose trace context did not fit in SQS's 10 message attributes.",
+        )
+        .build()
+}
+
+fn trace_header_attribute(
+    header: Option<String>,
+) -> Option<HashMap<MessageSystemAttributeNameForSends, MessageSystemAttributeValue>> {
+    let value = MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(header?)
+        .build()
+        .ok()?;
+    Some(HashMap::from([(
+        MessageSystemAttributeNameForSends::AwsTraceHeader,
+        value,
+    )]))
+}
+
+fn non_empty<K, V>(map: HashMap<K, V>) -> Option<HashMap<K, V>> {
+    (!map.is_empty()).then_some(map)
+}
+
+/// What SQS answered to a sent message.
+#[derive(Debug, Clone, Default)]
+pub struct SentMessage {
+    /// `MessageId`: the span's `messaging.message.id`.
+    pub message_id: Option<String>,
+    /// `SequenceNumber` (FIFO queues).
+    pub sequence_number: Option<String>,
+    /// The request id: the span's `aws.request_id`.
+    pub request_id: Option<String>,
+}
+
+impl PublishResponse for SentMessage {
+    fn attributes(&self, attributes: &mut Vec<KeyValue>) {
+        if let Some(id) = &self.message_id {
+            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.clone()));
+        }
+        if let Some(id) = &self.request_id {
+            attributes.push(KeyValue::new(attr::AWS_REQUEST_ID, id.clone()));
+        }
+    }
+}
+
+/// The boxed response future of [`SqsSender`].
+pub type SendFuture<T> = Pin<Box<dyn Future<Output = Result<T, SqsError>> + Send>>;
+
+impl Service<SendRequest> for SqsSender {
+    type Response = SentMessage;
+    type Error = SqsError;
+    type Future = SendFuture<SentMessage>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: SendRequest) -> Self::Future {
+        self.place(&mut request);
+        let send = self
+            .client
+            .send_message()
+            .queue_url(request.queue_url())
+            .message_body(request.body)
+            .set_message_attributes(non_empty(request.attributes))
+            .set_message_system_attributes(trace_header_attribute(request.trace_header))
+            .set_delay_seconds(request.delay_seconds)
+            .set_message_group_id(request.group_id)
+            .set_message_deduplication_id(request.deduplication_id);
+        Box::pin(async move {
+            let output = send
+                .send()
+                .await
+                .map_err(|e| SqsError::sdk("SendMessage", e))?;
+            Ok(SentMessage {
+                request_id: output.request_id().map(str::to_owned),
+                message_id: output.message_id,
+                sequence_number: output.sequence_number,
+            })
+        })
+    }
+}
+
+/// The per-entry outcome of a `SendMessageBatch`, in request order. Failed entries carry the SQS
+/// error code; the core records them on their `create` spans.
+pub type BatchSent = Vec<Result<SentMessage, EntryError>>;
+
+/// The raw `SendMessageBatch` service (`Vec<SendRequest>`, 1 to 10 messages for one queue),
+/// from [`SqsSender::batch`]; [`SqsSender::traced_batch`] wraps it in the core's
+/// [`BatchProducerLayer`].
+#[derive(Debug, Clone)]
+pub struct SqsBatchSender {
+    sender: SqsSender,
+}
+
+impl Service<Vec<SendRequest>> for SqsBatchSender {
+    type Response = BatchSent;
+    type Error = SqsError;
+    type Future = SendFuture<BatchSent>;
+
+    fn poll_ready(&mut self, _cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut requests: Vec<SendRequest>) -> Self::Future {
+        let len = requests.len();
+        if !(1..=10).contains(&len) {
+            return Box::pin(std::future::ready(Err(SqsError::BatchSize(len))));
+        }
+        if requests.iter().any(|r| !r.same_queue(&requests[0])) {
+            return Box::pin(std::future::ready(Err(SqsError::MixedQueues)));
+        }
+        let queue_url = requests[0].queue_url().to_owned();
+        let mut entries = Vec::with_capacity(len);
+        for (index, mut request) in requests.drain(..).enumerate() {
+            self.sender.place(&mut request);
+            // Entry ids are the indices: that is how failures map back to request order.
+            let entry = SendMessageBatchRequestEntry::builder()
+                .id(index.to_string())
+                .message_body(request.body)
+                .set_message_attributes(non_empty(request.attributes))
+                .set_message_system_attributes(trace_header_attribute(request.trace_header))
+                .set_delay_seconds(request.delay_seconds)
+                .set_message_group_id(request.group_id)
+                .set_message_deduplication_id(request.deduplication_id)
+                .build();
+            match entry {
+                Ok(entry) => entries.push(entry),
+                Err(e) => {
+                    let err = SqsError::Sdk {
+                        operation: "SendMessageBatch",
+                        code: std::borrow::Cow::Borrowed("construction_failure"),
+                        source: Box::new(e),
+                    };
+                    return Box::pin(std::future::ready(Err(err)));
+                }
+            }
+        }
+        let send = self
+            .sender
+            .client
+            .send_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries));
+        Box::pin(async move {
+            let output = send
+                .send()
+                .await
+                .map_err(|e| SqsError::sdk("SendMessageBatch", e))?;
+            let request_id = output.request_id().map(str::to_owned);
+            let mut results: BatchSent = (0..len)
+                .map(|index| {
+                    Err(EntryError {
+                        id: index.to_string(),
+                        code: MISSING_ENTRY.to_owned(),
+                        message: Some("SQS reported neither success nor failure".to_owned()),
+                        sender_fault: false,
+                    })
+                })
+                .collect();
+            for ok in output.successful() {
+                if let Some(slot) = ok
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| results.get_mut(i))
+                {
+                    *slot = Ok(SentMessage {
+                        message_id: Some(ok.message_id().to_owned()),
+                        sequence_number: ok.sequence_number().map(str::to_owned),
+                        request_id: request_id.clone(),
+                    });
+                }
+            }
+            for failed in output.failed() {
+                if let Some(slot) = failed
+                    .id()
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| results.get_mut(i))
+                {
+                    *slot = Err(EntryError::from(failed));
+                }
+            }
+            Ok(results)
+        })
+    }
+}
+
+/// `error.type` of a batch entry SQS's answer did not mention.
+const MISSING_ENTRY: &str = "missing_entry";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(n: usize) -> HashMap<String, MessageAttributeValue> {
+        (0..n)
+            .map(|i| {
+                (
+                    format!("user{i}"),
+                    string_attribute(format!("v{i}")).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    fn w3c(keys: &[&str]) -> HashMap<String, String> {
+        keys.iter()
+            .map(|k| (k.to_string(), "x".to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn fields_fit_up_to_ten_attributes() {
+        let fields = w3c(&["traceparent", "tracestate"]);
+        assert_eq!(placement(&attrs(8), &fields), Placement::Attributes);
+        assert_eq!(placement(&attrs(9), &fields), Placement::Overflow);
+        assert_eq!(
+            placement(&attrs(9), &w3c(&["traceparent"])),
+            Placement::Attributes
+        );
+        assert_eq!(
+            placement(&attrs(10), &w3c(&["traceparent"])),
+            Placement::Overflow
+        );
+        assert_eq!(
+            placement(&attrs(0), &w3c(&["traceparent"])),
+            Placement::Attributes
+        );
+    }
+
+    fn sender(carrier: TraceCarrier, overflow: OverflowPolicy) -> SqsSender {
+        use opentelemetry::propagation::TextMapCompositePropagator;
+        use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .build();
+        let instrumentation =
+            Instrumentation::builder(tracelink_core::MessagingSystem::new("aws_sqs"))
+                .with_propagator(TextMapCompositePropagator::new(vec![
+                    Box::new(TraceContextPropagator::new()),
+                    Box::new(BaggagePropagator::new()),
+                ]))
+                .build();
+        SqsSender::new(Client::from_conf(config), instrumentation)
+            .with_carrier(carrier)
+            .with_overflow_policy(overflow)
+    }
+
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    const XRAY: &str = "Root=1-0af76519-16cd43dd8448eb211c80319c;Parent=b7ad6b7169203331;Sampled=1";
+
+    fn request(user: usize, fields: &[(&str, &str)]) -> SendRequest {
+        let mut request = SendRequest::new("http://localhost/1/q", "body");
+        request.attributes = attrs(user);
+        request.staged = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        request
+    }
+
+    #[test]
+    fn place_writes_fields_that_fit_and_drops_empty_ones() {
+        let s = sender(
+            TraceCarrier::MessageAttributes,
+            OverflowPolicy::AwsTraceHeader,
+        );
+        let mut r = request(9, &[("traceparent", TRACEPARENT), ("tracestate", "")]);
+        s.place(&mut r);
+        assert_eq!(r.attributes.len(), 10);
+        assert_eq!(
+            r.attributes["traceparent"].string_value(),
+            Some(TRACEPARENT)
+        );
+        assert!(r.trace_header.is_none());
+        assert!(r.staged.is_empty());
+    }
+
+    #[test]
+    fn place_overflows_into_aws_trace_header_and_removes_stale_fields() {
+        let s = sender(
+            TraceCarrier::MessageAttributes,
+            OverflowPolicy::AwsTraceHeader,
+        );
+        let mut r = request(9, &[("traceparent", TRACEPARENT), ("baggage", "k=v")]);
+        r.attributes.insert(
+            "Traceparent".into(),
+            string_attribute("stale".into()).unwrap(),
+        );
+        s.place(&mut r);
+        assert_eq!(
+            r.attributes.len(),
+            9,
+            "stale traceparent removed, nothing added"
+        );
+        assert!(!r
+            .attributes
+            .keys()
+            .any(|k| k.eq_ignore_ascii_case("traceparent")));
+        assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+
+        let mut r = request(10, &[("traceparent", TRACEPARENT)]);
+        s.place(&mut r);
+        assert_eq!(r.attributes.len(), 10);
+        assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+    }
+
+    #[test]
+    fn place_skips_without_fallback() {
+        let s = sender(TraceCarrier::MessageAttributes, OverflowPolicy::Skip);
+        let mut r = request(10, &[("traceparent", TRACEPARENT)]);
+        s.place(&mut r);
+        assert_eq!(r.attributes.len(), 10);
+        assert!(!r.attributes.contains_key("traceparent"));
+        assert!(r.trace_header.is_none());
+    }
+
+    #[test]
+    fn place_per_carrier() {
+        let mut r = request(0, &[("traceparent", TRACEPARENT)]);
+        sender(TraceCarrier::AwsTraceHeader, OverflowPolicy::Skip).place(&mut r);
+        assert!(r.attributes.is_empty());
+        assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+
+        let mut r = request(0, &[("traceparent", TRACEPARENT)]);
+        sender(TraceCarrier::Both, OverflowPolicy::Skip).place(&mut r);
+        assert_eq!(r.attributes.len(), 1);
+        assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+    }
+
+    #[test]
+    fn present_propagator_keys_count_as_the_propagators_own() {
+        let mut user = attrs(9);
+        user.insert(
+            "Traceparent".into(),
+            string_attribute("stale".into()).unwrap(),
+        );
+        // 10 attributes, one of them the propagator's own: the fresh traceparent replaces it.
+        assert_eq!(
+            placement(&user, &w3c(&["traceparent"])),
+            Placement::Attributes
+        );
+        assert_eq!(
+            placement(&user, &w3c(&["traceparent", "baggage"])),
+            Placement::Overflow
+        );
+    }
+}
