@@ -60,6 +60,7 @@ struct Inner {
     baggage_policy: BaggagePolicy,
     create_spans: bool,
     metrics: Metrics,
+    meter: opentelemetry::metrics::Meter,
     /// `messaging.system`, `server.address`, `server.port`: on every span and metric.
     common: Vec<KeyValue>,
     client_id: Option<KeyValue>,
@@ -106,6 +107,21 @@ impl Instrumentation {
     /// The configured link mode.
     pub fn link_mode(&self) -> LinkMode {
         self.inner.link_mode
+    }
+
+    /// The header names the configured (or global) propagator reads and writes, e.g.
+    /// `traceparent`, `tracestate`, `baggage`: what a consumer must ask a broker for (SQS
+    /// `MessageAttributeNames`) and what counts against a header budget.
+    pub fn fields(&self) -> Vec<String> {
+        match &self.inner.propagator {
+            Some(p) => p.fields().map(str::to_owned).collect(),
+            None => global::get_text_map_propagator(|p| p.fields().map(str::to_owned).collect()),
+        }
+    }
+
+    /// The meter the layers record with, for adapters' own instruments.
+    pub fn meter(&self) -> &opentelemetry::metrics::Meter {
+        &self.inner.meter
     }
 
     /// Injects `cx` through the configured (or global) propagator.
@@ -725,6 +741,7 @@ impl InstrumentationBuilder {
                 baggage_policy: self.baggage_policy,
                 create_spans: self.create_spans,
                 metrics: Metrics::new(&meter),
+                meter,
                 common,
                 client_id,
             }),

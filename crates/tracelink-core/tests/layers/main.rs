@@ -843,3 +843,11 @@ async fn composes_with_retry_timeout_and_concurrency_limit() {
         .is_err());
     assert_eq!(t.span("process q").status, Status::error("timeout"));
 }
+
+#[test]
+fn fields_name_the_propagators_headers() {
+    let t = Telemetry::new();
+    let mut fields = t.instrumentation().fields();
+    fields.sort();
+    assert_eq!(fields, ["baggage", "traceparent", "tracestate"]);
+}
