@@ -1,0 +1,238 @@
+//! Core NATS publish/subscribe throughput: raw async-nats against tracelink's traced publisher
+//! and subscriber loop, in the same run, at 100% sampling and unsampled.
+//!
+//! ```text
+//! cargo bench -p tracelink-nats --bench throughput
+//! ```
+//!
+//! One process publishes `BENCH_MESSAGES` (default 200000) 64-byte messages to a fresh subject
+//! on the NATS server at `NATS_URL` (default `nats://127.0.0.1:4222`) while a subscriber in the
+//! same process receives them; the time runs from the first publish until the last message was
+//! handled. Each variant runs `BENCH_ROUNDS` (default 5) times, interleaved; the best round counts.
+//! Sampled spans go through a batch span processor to an exporter that discards them.
+//!
+//! A fourth variant, raw async-nats sending a `traceparent` header with every message, shows
+//! what carrying the context costs the client and the server before any instrumentation runs.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use tower::{service_fn, Layer, Service, ServiceExt};
+use tracelink_core::{ConsumerLayer, Instrumentation};
+use tracelink_nats::{Bytes, Delivery, Publish, Publisher, Subscription};
+
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, _batch: Vec<SpanData>) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Variant {
+    Raw,
+    /// Raw async-nats, with a `traceparent` header on every message: what propagation costs the
+    /// client and the server, whatever the instrumentation.
+    RawWithHeader,
+    TracedUnsampled,
+    TracedSampled,
+}
+
+static SUBJECTS: AtomicU64 = AtomicU64::new(0);
+
+fn subject() -> String {
+    format!(
+        "bench.throughput.{}.{}",
+        std::process::id(),
+        SUBJECTS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Waits until `count` messages were received, or nothing arrived for a second (slow-consumer
+/// drops); returns how many arrived and when the last one did.
+async fn wait(received: &AtomicU64, count: u64) -> (u64, Instant) {
+    let mut last = (0, Instant::now());
+    loop {
+        let now = received.load(Ordering::Acquire);
+        if now >= count {
+            return (now, Instant::now());
+        }
+        if now != last.0 {
+            last = (now, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(1) {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+async fn run(client: &async_nats::Client, variant: Variant, count: u64) -> (f64, u64) {
+    let subject = subject();
+    let payload = Bytes::from(vec![b'x'; 64]);
+    let received = Arc::new(AtomicU64::new(0));
+    let provider = match variant {
+        Variant::TracedSampled => SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOn)
+            .with_batch_exporter(Discard)
+            .build(),
+        _ => SdkTracerProvider::builder()
+            .with_sampler(Sampler::AlwaysOff)
+            .build(),
+    };
+    let instrumentation = Instrumentation::builder(tracelink_nats::system("nats://127.0.0.1:4222"))
+        .with_tracer_provider(&provider)
+        .with_propagator(TraceContextPropagator::new())
+        .build();
+
+    let raw = matches!(variant, Variant::Raw | Variant::RawWithHeader);
+    let consumer = if raw {
+        let mut subscriber = client.subscribe(subject.clone()).await.unwrap();
+        let received = received.clone();
+        tokio::spawn(async move {
+            while let Some(message) = subscriber.next().await {
+                std::hint::black_box(&message);
+                received.fetch_add(1, Ordering::Release);
+            }
+        })
+    } else {
+        let subscription = Subscription::subscribe(client, subject.as_str())
+            .await
+            .unwrap();
+        let received = received.clone();
+        let handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn(
+            move |delivery: Delivery| {
+                std::hint::black_box(&delivery);
+                received.fetch_add(1, Ordering::Release);
+                std::future::ready(Ok::<_, Infallible>(()))
+            },
+        ));
+        tokio::spawn(async move {
+            let _ = subscription.run(handler).await;
+        })
+    };
+    client.flush().await.unwrap();
+
+    let subject = async_nats::Subject::from(subject);
+    let started = Instant::now();
+    if variant == Variant::Raw {
+        for _ in 0..count {
+            client
+                .publish(subject.clone(), payload.clone())
+                .await
+                .unwrap();
+        }
+    } else if variant == Variant::RawWithHeader {
+        for _ in 0..count {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            );
+            client
+                .publish_with_headers(subject.clone(), headers, payload.clone())
+                .await
+                .unwrap();
+        }
+    } else {
+        let mut publisher = Publisher::traced(client.clone(), instrumentation);
+        for _ in 0..count {
+            publisher
+                .ready()
+                .await
+                .unwrap()
+                .call(Publish::new(subject.clone(), payload.clone()))
+                .await
+                .unwrap();
+        }
+    }
+    let published = started.elapsed();
+    client.flush().await.unwrap();
+    let (got, done) = wait(&received, count).await;
+    if std::env::var_os("BENCH_VERBOSE").is_some() {
+        println!(
+            "  {variant:?}: publish loop {published:?}, end to end {:?}",
+            done - started
+        );
+    }
+    consumer.abort();
+    let _ = provider.shutdown();
+    (
+        got as f64 / (done - started).as_secs_f64(),
+        count.saturating_sub(got),
+    )
+}
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this with a tiny count.
+    let quick = std::env::args().all(|a| a != "--bench");
+    let count = if quick {
+        1000
+    } else {
+        env("BENCH_MESSAGES", 200_000)
+    };
+    let rounds = if quick { 1 } else { env("BENCH_ROUNDS", 5) };
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("no NATS server at {url}: {e}"));
+        let variants = [
+            Variant::Raw,
+            Variant::RawWithHeader,
+            Variant::TracedUnsampled,
+            Variant::TracedSampled,
+        ];
+        let mut best = [0.0f64; 4];
+        let mut dropped = [0u64; 4];
+        for round in 0..rounds {
+            for (i, variant) in variants.iter().enumerate() {
+                let (rate, lost) = run(&client, *variant, count).await;
+                println!("round {round} {variant:?}: {rate:.0} msg/s ({lost} dropped)");
+                if rate > best[i] {
+                    best[i] = rate;
+                }
+                dropped[i] += lost;
+            }
+        }
+        println!();
+        println!("{count} messages of 64 bytes, best of {rounds} rounds, end to end:");
+        for (i, variant) in variants.iter().enumerate() {
+            println!(
+                "  {variant:?}: {:.0} msg/s ({} dropped in all rounds)",
+                best[i], dropped[i]
+            );
+        }
+        println!(
+            "  traced/raw unsampled: {:.2}  (target >= 0.85)",
+            best[2] / best[0]
+        );
+        println!(
+            "  traced/raw sampled:   {:.2}  (target >= 0.60)",
+            best[3] / best[0]
+        );
+        println!(
+            "  raw with a traceparent header / raw: {:.2}  (the cost of carrying the header)",
+            best[1] / best[0]
+        );
+    });
+}
