@@ -48,13 +48,15 @@ fn scope() -> InstrumentationScope {
 #[derive(Clone)]
 pub struct Instrumentation {
     inner: Arc<Inner>,
+    // Outside `inner` so that `with_link_mode` is a cheap copy (request/reply responders need
+    // the parent mode on an otherwise shared configuration).
+    link_mode: LinkMode,
 }
 
 struct Inner {
     system: MessagingSystem,
     tracer: BoxedTracer,
     propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
-    link_mode: LinkMode,
     span_name: SpanName,
     captured_headers: Vec<(String, Key)>,
     baggage_policy: BaggagePolicy,
@@ -70,7 +72,7 @@ impl fmt::Debug for Instrumentation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Instrumentation")
             .field("system", &self.inner.system)
-            .field("link_mode", &self.inner.link_mode)
+            .field("link_mode", &self.link_mode)
             .field("span_name", &self.inner.span_name)
             .field("baggage_policy", &self.inner.baggage_policy)
             .field("custom_propagator", &self.inner.propagator.is_some())
@@ -106,7 +108,16 @@ impl Instrumentation {
 
     /// The configured link mode.
     pub fn link_mode(&self) -> LinkMode {
-        self.inner.link_mode
+        self.link_mode
+    }
+
+    /// The same instrumentation with another link mode (say, [`LinkMode::Parent`] for a
+    /// request/reply responder, whose caller waits for it).
+    pub fn with_link_mode(&self, mode: LinkMode) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            link_mode: mode,
+        }
     }
 
     /// The header names the configured (or global) propagator reads and writes, e.g.
@@ -428,7 +439,7 @@ impl Instrumentation {
 
     /// The parent context of a process span, per the link mode.
     fn process_parent(&self, ambient: &Context, producer: Option<&SpanContext>) -> Context {
-        match (self.inner.link_mode, producer) {
+        match (self.link_mode, producer) {
             (LinkMode::Parent, Some(sc)) => ambient.with_remote_span_context(sc.clone()),
             _ => ambient.clone(),
         }
@@ -735,7 +746,6 @@ impl InstrumentationBuilder {
                 system: self.system,
                 tracer,
                 propagator: self.propagator,
-                link_mode: self.link_mode,
                 span_name: self.span_name,
                 captured_headers,
                 baggage_policy: self.baggage_policy,
@@ -745,6 +755,7 @@ impl InstrumentationBuilder {
                 common,
                 client_id,
             }),
+            link_mode: self.link_mode,
         }
     }
 }

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
 use tracelink_core::{
-    ConsumerLayer, ConsumerService, DefaultErrorType, ErrorType, Instrumentation,
-    InstrumentationBuilder, LinkMode, ProducerLayer, ProducerService,
+    ConsumerLayer, ConsumerService, DefaultErrorType, ErrorType, Instrumentation, LinkMode,
+    ProducerLayer, ProducerService,
 };
 
 use crate::error::Error;
@@ -22,8 +22,8 @@ use crate::publish::Publisher;
 /// kept too), and publishes the reply from inside that span, with a PRODUCER span
 /// `publish _INBOX.*` of its own.
 ///
-/// The layer always uses [`LinkMode::Parent`]: it is built from an [`InstrumentationBuilder`]
-/// (the rest of whose configuration is kept).
+/// The layer always uses [`LinkMode::Parent`], whatever the given instrumentation says (the
+/// rest of its configuration is kept).
 ///
 /// ```no_run
 /// # use tower::{service_fn, Layer};
@@ -34,7 +34,7 @@ use crate::publish::Publisher;
 /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
 /// let layer = ResponderLayer::new(
 ///     client.clone(),
-///     Instrumentation::builder(tracelink_nats::system("nats://127.0.0.1:4222")),
+///     &Instrumentation::new(tracelink_nats::system("nats://127.0.0.1:4222")),
 /// );
 /// let handler = layer.layer(service_fn(|request: Delivery| async move {
 ///     Ok::<_, std::convert::Infallible>(request.message.payload.clone())
@@ -50,9 +50,10 @@ pub struct ResponderLayer {
 }
 
 impl ResponderLayer {
-    /// A layer replying through `client`, with spans per `builder` in [`LinkMode::Parent`].
-    pub fn new(client: async_nats::Client, builder: InstrumentationBuilder) -> Self {
-        let instrumentation = builder.with_link_mode(LinkMode::Parent).build();
+    /// A layer replying through `client`, with spans per `instrumentation` in
+    /// [`LinkMode::Parent`].
+    pub fn new(client: async_nats::Client, instrumentation: &Instrumentation) -> Self {
+        let instrumentation = instrumentation.with_link_mode(LinkMode::Parent);
         let replier = ProducerLayer::from(instrumentation.clone()).layer(Publisher::new(client));
         Self {
             instrumentation,

@@ -252,13 +252,13 @@ async fn request_reply_makes_the_requester_span_the_parent() {
     let subscription = Subscription::subscribe(&client, subject.as_str())
         .await
         .unwrap();
-    let responder = ResponderLayer::new(client.clone(), telemetry.builder(&url)).layer(service_fn(
-        |request: Delivery| async move {
+    let responder = ResponderLayer::new(client.clone(), &telemetry.builder(&url).build()).layer(
+        service_fn(|request: Delivery| async move {
             let mut answer = b"re: ".to_vec();
             answer.extend_from_slice(&request.message.payload);
             Ok::<_, std::convert::Infallible>(tracelink_nats::Bytes::from(answer))
-        },
-    ));
+        }),
+    );
     let task = tokio::spawn(subscription.run(responder));
     client.flush().await.unwrap();
 
