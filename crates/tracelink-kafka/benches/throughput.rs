@@ -1,0 +1,313 @@
+//! End-to-end throughput over librdkafka's in-process mock cluster: raw rdkafka against
+//! tracelink (traced producer + consume loop), sampled and unsampled, in the same run.
+//!
+//! ```text
+//! cargo bench -p tracelink-kafka --bench throughput
+//! TRACELINK_BENCH_MESSAGES=50000 TRACELINK_BENCH_ROUNDS=5 cargo bench -p tracelink-kafka --bench throughput
+//! ```
+//!
+//! Each round publishes N 64-byte messages (up to 1024 in flight), then consumes them in a fresh
+//! group (timed from the first message, so the ~3 s group join is not counted). Rounds of the
+//! three variants are interleaved; the best round of each is reported.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::Message;
+use tokio::sync::oneshot;
+use tower::{service_fn, Service, ServiceExt};
+use tracelink_core::Instrumentation;
+use tracelink_kafka::{
+    consumer_config, messaging_system, ConsumeLoop, KafkaMessage, KafkaProducer, KafkaRecord,
+};
+
+const IN_FLIGHT: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Variant {
+    Raw,
+    Sampled,
+    Unsampled,
+}
+
+struct Round {
+    produce: Duration,
+    consume: Duration,
+}
+
+fn producer_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", "bench")
+        .set("linger.ms", "5");
+    config
+}
+
+fn instrumentation(config: &ClientConfig, provider: &SdkTracerProvider) -> Instrumentation {
+    Instrumentation::builder(messaging_system(config))
+        .with_tracer_provider(provider)
+        .with_propagator(TraceContextPropagator::new())
+        .build()
+}
+
+async fn round(
+    variant: Variant,
+    cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    n: usize,
+    index: usize,
+) -> Round {
+    let brokers = cluster.bootstrap_servers();
+    let topic = format!("bench-{variant:?}-{index}");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(match variant {
+            Variant::Unsampled => Sampler::AlwaysOff,
+            _ => Sampler::AlwaysOn,
+        })
+        .with_batch_exporter(InMemorySpanExporter::default())
+        .build();
+    let config = producer_config(&brokers);
+    let payload = vec![b'x'; 64];
+
+    // Publish.
+    let producer: FutureProducer = config.create().unwrap();
+    let started = Instant::now();
+    match variant {
+        Variant::Raw => {
+            let mut pending = FuturesUnordered::new();
+            for i in 0..n {
+                if pending.len() >= IN_FLIGHT {
+                    let done: Result<(), _> = pending.next().await.unwrap();
+                    done.unwrap();
+                }
+                let producer = producer.clone();
+                let (topic, payload) = (&topic, &payload);
+                pending.push(async move {
+                    let key = i.to_string();
+                    let record = FutureRecord::to(topic).key(&key).payload(payload);
+                    producer.send(record, Timeout::Never).await.map(|_| ())
+                });
+            }
+            while let Some(result) = pending.next().await {
+                result.unwrap();
+            }
+        }
+        Variant::Sampled | Variant::Unsampled => {
+            let mut service = KafkaProducer::new(producer.clone())
+                .with_queue_timeout(Timeout::Never)
+                .traced(instrumentation(&config, &provider));
+            let mut pending = FuturesUnordered::new();
+            for i in 0..n {
+                if pending.len() >= IN_FLIGHT {
+                    let done: Result<_, tracelink_kafka::ProduceError> =
+                        pending.next().await.unwrap();
+                    done.unwrap();
+                }
+                let record = KafkaRecord::new(&topic)
+                    .with_key(i.to_string())
+                    .with_payload(payload.clone());
+                pending.push(service.ready().await.unwrap().call(record));
+            }
+            while let Some(result) = pending.next().await {
+                result.unwrap();
+            }
+        }
+    }
+    let produce = started.elapsed();
+
+    // Consume, timed from the first message.
+    let group = format!("{topic}-group");
+    let consumer_config = consumer_config(&brokers, &group);
+    let first = Arc::new(Mutex::new(None::<Instant>));
+    let consume = match variant {
+        Variant::Raw => {
+            let consumer: StreamConsumer = consumer_config.create().unwrap();
+            consumer.subscribe(&[&topic]).unwrap();
+            let mut count = 0;
+            let mut first_at = None;
+            while count < n {
+                let message = consumer.recv().await.unwrap();
+                first_at.get_or_insert_with(Instant::now);
+                black_box(message.payload());
+                consumer.store_offset_from_message(&message).unwrap();
+                count += 1;
+            }
+            first_at.unwrap().elapsed()
+        }
+        Variant::Sampled | Variant::Unsampled => {
+            let consume = ConsumeLoop::from_config(
+                &consumer_config,
+                Some(instrumentation(&consumer_config, &provider)),
+            )
+            .unwrap();
+            consume.consumer().subscribe(&[&topic]).unwrap();
+            let count = Arc::new(AtomicUsize::new(0));
+            let (stop_tx, stop_rx) = oneshot::channel::<()>();
+            let stop_tx = Arc::new(Mutex::new(Some(stop_tx)));
+            let handler = {
+                let first = first.clone();
+                service_fn(move |message: KafkaMessage| {
+                    first.lock().unwrap().get_or_insert_with(Instant::now);
+                    black_box(message.payload());
+                    if count.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                        if let Some(tx) = stop_tx.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    std::future::ready(Ok::<_, Infallible>(()))
+                })
+            };
+            consume
+                .run(handler, async move {
+                    let _ = stop_rx.await;
+                })
+                .await
+                .unwrap();
+            let first_at = first.lock().unwrap().unwrap();
+            first_at.elapsed()
+        }
+    };
+    let _ = provider.shutdown();
+    Round { produce, consume }
+}
+
+/// Nanoseconds per message of the consumer layer alone (no broker): the core's `process` span
+/// around a no-op handler, for a message carrying a `traceparent`.
+fn layer_only(sampler: Sampler, iterations: u32) -> f64 {
+    use futures_util::FutureExt;
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use rdkafka::message::{OwnedHeaders, OwnedMessage};
+    use tower::Layer;
+    use tracelink_kafka::HeaderInjector;
+
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_batch_exporter(InMemorySpanExporter::default())
+        .build();
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", "127.0.0.1:9092");
+    let instrumentation = instrumentation(&config, &provider);
+    let mut headers = OwnedHeaders::new();
+    let cx = opentelemetry::Context::new().with_remote_span_context(
+        opentelemetry::trace::SpanContext::new(
+            opentelemetry::trace::TraceId::from(1_u128),
+            opentelemetry::trace::SpanId::from(1_u64),
+            opentelemetry::trace::TraceFlags::SAMPLED,
+            true,
+            Default::default(),
+        ),
+    );
+    TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(&mut headers));
+    let message = OwnedMessage::new(
+        Some(vec![b'x'; 64]),
+        Some(b"key-1".to_vec()),
+        "orders".into(),
+        rdkafka::Timestamp::NotAvailable,
+        0,
+        42,
+        Some(headers),
+    );
+    let mut service = tracelink_core::ConsumerLayer::from(instrumentation).layer(service_fn(
+        |m: KafkaMessage| std::future::ready(Ok::<_, Infallible>(black_box(m).offset())),
+    ));
+    let started = Instant::now();
+    for _ in 0..iterations {
+        let m = KafkaMessage::new(message.clone()).with_group("g");
+        let _ = service.call(m).now_or_never();
+    }
+    let elapsed = started.elapsed();
+    let _ = provider.shutdown();
+    elapsed.as_nanos() as f64 / f64::from(iterations)
+}
+
+fn main() {
+    let n: usize = std::env::var("TRACELINK_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rounds: usize = std::env::var("TRACELINK_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    // `cargo test --benches` runs benches with `--bench` absent: keep that quick.
+    let (n, rounds) = if std::env::args().any(|a| a == "--bench") {
+        (n, rounds)
+    } else {
+        (200, 1)
+    };
+    let iterations = if n >= 1000 { 200_000 } else { 1_000 };
+    let clone_only = {
+        let message = rdkafka::message::OwnedMessage::new(
+            Some(vec![b'x'; 64]),
+            Some(b"key-1".to_vec()),
+            "orders".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            42,
+            None,
+        );
+        let started = Instant::now();
+        for _ in 0..iterations {
+            black_box(KafkaMessage::new(message.clone()).with_group("g"));
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(iterations)
+    };
+    println!(
+        "consumer layer alone, ns/message: sampled {:.0}, unsampled {:.0} (message clone {:.0})",
+        layer_only(Sampler::AlwaysOn, iterations),
+        layer_only(Sampler::AlwaysOff, iterations),
+        clone_only,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let cluster = MockCluster::new(1).unwrap();
+        let variants = [Variant::Raw, Variant::Sampled, Variant::Unsampled];
+        let mut best: Vec<Option<(Duration, Duration)>> = vec![None; variants.len()];
+        for index in 0..rounds {
+            for (slot, variant) in variants.iter().enumerate() {
+                let r = round(*variant, &cluster, n, index).await;
+                let b = best[slot].get_or_insert((r.produce, r.consume));
+                b.0 = b.0.min(r.produce);
+                b.1 = b.1.min(r.consume);
+            }
+        }
+        let rate = |d: Duration| n as f64 / d.as_secs_f64();
+        let (raw_p, raw_c) = best[0].unwrap();
+        println!(
+            "kafka mock cluster, {n} messages x {rounds} rounds (best round), 64-byte payloads"
+        );
+        println!(
+            "{:<10} {:>14} {:>14} {:>12} {:>12}",
+            "variant", "produce msg/s", "consume msg/s", "produce/raw", "consume/raw"
+        );
+        for (slot, variant) in variants.iter().enumerate() {
+            let (p, c) = best[slot].unwrap();
+            println!(
+                "{:<10} {:>14.0} {:>14.0} {:>12.3} {:>12.3}",
+                format!("{variant:?}").to_lowercase(),
+                rate(p),
+                rate(c),
+                raw_p.as_secs_f64() / p.as_secs_f64(),
+                raw_c.as_secs_f64() / c.as_secs_f64(),
+            );
+        }
+    });
+}
