@@ -1,0 +1,328 @@
+//! Publish + consume throughput over a real RabbitMQ: raw lapin against tracelink (traced
+//! publish through `ProducerLayer` + `AmqpPublisher`, traced consume through `ConsumeLoop`), at
+//! 100% sampling and with sampling off, in the same run. Prints messages per second and the
+//! traced/raw ratios.
+//!
+//! ```text
+//! cargo bench -p tracelink-amqp --bench throughput
+//! ```
+//!
+//! Every mode does the same work: one connection publishes `MESSAGES` 64-byte messages through
+//! the default exchange, one after the other, without publisher confirms; another connection
+//! consumes them with a prefetch of `PREFETCH` and acks each after its (empty) handler. Spans go
+//! to a batch processor with an exporter that drops them; metrics go to the no-op global meter.
+//! Modes take turns over `ROUNDS` rounds (the order rotating); reported: the median rate of each
+//! mode, and the median over rounds of traced/raw within the same round, which cancels most of
+//! the drift of a shared machine; and the client process's CPU time per message (all threads,
+//! from `/proc/self/task/*/schedstat`), which the broker's share of a small machine does not blur.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
+use tokio::sync::Notify;
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tracelink_amqp::{rabbitmq, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
+use tracelink_core::{Instrumentation, ProducerLayer};
+
+const MESSAGES: usize = 10_000;
+const ROUNDS: usize = 9;
+const PREFETCH: u16 = 256;
+const PAYLOAD: [u8; 64] = [b'x'; 64];
+
+#[derive(Debug)]
+struct DropExporter;
+
+impl SpanExporter for DropExporter {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        std::hint::black_box(batch);
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Raw,
+    RawWithHeaders,
+    Sampled,
+    Unsampled,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Raw => "raw lapin",
+            Mode::RawWithHeaders => "raw lapin + traceparent",
+            Mode::Sampled => "traced, 100% sampled",
+            Mode::Unsampled => "traced, unsampled",
+        }
+    }
+}
+
+fn url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+async fn fresh_queue(channel: &Channel, round: usize, mode: Mode) -> String {
+    let queue = format!(
+        "tracelink-bench-{}-{round}-{}",
+        std::process::id(),
+        mode as u8
+    );
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            arguments,
+        )
+        .await
+        .expect("queue.declare");
+    queue
+}
+
+async fn consumer_channel(connection: &Connection) -> Channel {
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    channel
+}
+
+async fn consume(channel: &Channel, queue: &str) -> lapin::Consumer {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("basic.consume")
+}
+
+/// Messages per second from the first publish to the last ack, and the client's CPU time per
+/// message in microseconds (when known).
+async fn run(
+    mode: Mode,
+    round: usize,
+    producer: &Connection,
+    consumer: &Connection,
+    instr: Option<&Instrumentation>,
+) -> (f64, Option<f64>) {
+    let publish_channel = producer.create_channel().await.expect("channel");
+    let consume_channel = consumer_channel(consumer).await;
+    let queue = fresh_queue(&publish_channel, round, mode).await;
+    let lapin_consumer = consume(&consume_channel, &queue).await;
+    let started = Instant::now();
+    let cpu_started = process_cpu_seconds();
+
+    let publishing = {
+        let queue = queue.clone();
+        let instr = instr.cloned();
+        tokio::spawn(async move {
+            match instr {
+                None => {
+                    // The same header a traced publish adds, to tell the broker's share of the
+                    // cost (a bigger frame to parse) from the client's.
+                    let properties = match mode {
+                        Mode::RawWithHeaders => {
+                            let mut headers = FieldTable::default();
+                            headers.insert(
+                                "traceparent".into(),
+                                AMQPValue::LongString(
+                                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                                        .into(),
+                                ),
+                            );
+                            BasicProperties::default().with_headers(headers)
+                        }
+                        _ => BasicProperties::default(),
+                    };
+                    for _ in 0..MESSAGES {
+                        publish_channel
+                            .basic_publish(
+                                "".into(),
+                                queue.as_str().into(),
+                                BasicPublishOptions::default(),
+                                &PAYLOAD,
+                                properties.clone(),
+                            )
+                            .await
+                            .expect("publish")
+                            .await
+                            .expect("published");
+                    }
+                }
+                Some(instr) => {
+                    let mut publisher = ServiceBuilder::new()
+                        .layer(ProducerLayer::from(instr))
+                        .service(AmqpPublisher::new(publish_channel.clone()));
+                    for _ in 0..MESSAGES {
+                        let message = Publish::to_queue(queue.as_str().into(), &PAYLOAD[..]);
+                        publisher
+                            .ready()
+                            .await
+                            .expect("ready")
+                            .call(message)
+                            .await
+                            .expect("publish");
+                    }
+                }
+            }
+            publish_channel
+        })
+    };
+
+    match instr {
+        None => {
+            let mut lapin_consumer = lapin_consumer;
+            for _ in 0..MESSAGES {
+                let delivery = lapin_consumer
+                    .next()
+                    .await
+                    .expect("open")
+                    .expect("delivery");
+                std::hint::black_box(&delivery.data);
+                delivery.ack(BasicAckOptions::default()).await.expect("ack");
+            }
+        }
+        Some(instr) => {
+            let seen = Arc::new(AtomicUsize::new(0));
+            let done = Arc::new(Notify::new());
+            let handler = {
+                let (seen, done) = (seen.clone(), done.clone());
+                service_fn(move |delivery: AmqpDelivery| {
+                    std::hint::black_box(delivery.data());
+                    if seen.fetch_add(1, Ordering::Relaxed) + 1 == MESSAGES {
+                        done.notify_one();
+                    }
+                    async { Ok::<_, Infallible>(()) }
+                })
+            };
+            ConsumeLoop::new(lapin_consumer, instr.clone())
+                .run_until(handler, done.notified())
+                .await
+                .expect("consume loop");
+        }
+    }
+    let elapsed = started.elapsed();
+    let publish_channel = publishing.await.expect("publisher task");
+    let cpu = process_cpu_seconds()
+        .zip(cpu_started)
+        .map(|(end, start)| (end - start) * 1e6 / MESSAGES as f64);
+    let _ = publish_channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = consume_channel.close(200, "done".into()).await;
+    let _ = publish_channel.close(200, "done".into()).await;
+    (MESSAGES as f64 / elapsed.as_secs_f64(), cpu)
+}
+
+/// CPU time of this whole process (every thread: client, lapin's IO, span export) in seconds,
+/// summed from `/proc/self/task/*/schedstat` (nanoseconds on CPU); `None` off Linux.
+fn process_cpu_seconds() -> Option<f64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let path = task.ok()?.path().join("schedstat");
+        // A thread that exited meanwhile has no file any more: it simply stops counting.
+        if let Ok(stat) = std::fs::read_to_string(path) {
+            total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total as f64 / 1e9)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn instrumentation(sampler: Sampler) -> (SdkTracerProvider, Instrumentation) {
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_batch_exporter(DropExporter)
+        .build();
+    let instr = Instrumentation::builder(rabbitmq(&url()))
+        .with_tracer_provider(&provider)
+        .with_propagator(TraceContextPropagator::new())
+        .build();
+    (provider, instr)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and expects a
+    // quick run: one round of a few messages would not say anything, so it only checks that
+    // the bench builds.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("throughput bench: run with `cargo bench -p tracelink-amqp --bench throughput`");
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        let producer = Connection::connect(&url(), ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ is required at {} (AMQP_URL): {e}", url()));
+        let consumer = Connection::connect(&url(), ConnectionProperties::default())
+            .await
+            .expect("second connection");
+        let (sampled_provider, sampled) = instrumentation(Sampler::AlwaysOn);
+        let (unsampled_provider, unsampled) = instrumentation(Sampler::AlwaysOff);
+
+        // Warm-up: connections, queues, allocator.
+        run(Mode::Raw, 0, &producer, &consumer, None).await;
+        run(Mode::Sampled, 0, &producer, &consumer, Some(&sampled)).await;
+
+        let modes = [Mode::Raw, Mode::RawWithHeaders, Mode::Sampled, Mode::Unsampled];
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+        let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
+        for round in 1..=ROUNDS {
+            // Rotate the order so no mode always runs first.
+            for k in 0..modes.len() {
+                let i = (k + round) % modes.len();
+                let instr = match modes[i] {
+                    Mode::Raw | Mode::RawWithHeaders => None,
+                    Mode::Sampled => Some(&sampled),
+                    Mode::Unsampled => Some(&unsampled),
+                };
+                let (rate, cpu_per_message) = run(modes[i], round, &producer, &consumer, instr).await;
+                rates[i].push(rate);
+                cpu[i].extend(cpu_per_message);
+            }
+        }
+        println!(
+            "publish + consume, {MESSAGES} x {} B messages, prefetch {PREFETCH}, {ROUNDS} rounds",
+            PAYLOAD.len()
+        );
+        for (i, mode) in modes.iter().enumerate() {
+            let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(t, r)| t / r).collect();
+            let all: Vec<String> = rates[i].iter().map(|r| format!("{r:.0}")).collect();
+            println!(
+                "{:<24} median {:>7.0} msg/s   traced/raw (median of per-round ratios) {:.3}   client CPU {}   rounds: {}",
+                mode.name(),
+                median(rates[i].clone()),
+                median(ratios),
+                match cpu[i].is_empty() {
+                    true => "n/a".to_owned(),
+                    false => format!("{:.1} us/msg", median(cpu[i].clone())),
+                },
+                all.join(" ")
+            );
+        }
+        let _ = sampled_provider.shutdown();
+        let _ = unsampled_provider.shutdown();
+    });
+}
