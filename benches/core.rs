@@ -150,7 +150,11 @@ fn ours(
     impl Service<Msg, Response = Sent, Error = Infallible>,
     impl Service<Msg, Response = (), Error = Infallible>,
 > {
-    ours_with(tracer_provider, meter_provider, TraceContextPropagator::new())
+    ours_with(
+        tracer_provider,
+        meter_provider,
+        TraceContextPropagator::new(),
+    )
 }
 
 /// The same, with tracelink's own W3C propagator.
@@ -161,7 +165,11 @@ fn ours_fast(
     impl Service<Msg, Response = Sent, Error = Infallible>,
     impl Service<Msg, Response = (), Error = Infallible>,
 > {
-    ours_with(tracer_provider, meter_provider, W3cTraceContextPropagator::new())
+    ours_with(
+        tracer_provider,
+        meter_provider,
+        W3cTraceContextPropagator::new(),
+    )
 }
 
 fn ours_with<P: TextMapPropagator + Send + Sync + 'static>(

@@ -28,9 +28,12 @@ impl Drop for Telemetry {
 }
 
 fn otlp_enabled() -> bool {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
 }
 
 fn grpc() -> bool {
@@ -46,7 +49,10 @@ fn grpc() -> bool {
 /// `grpc`, the default, or `http/protobuf`); otherwise they stay in the process.
 pub fn init(default_service: &str) -> Result<Telemetry, Box<dyn Error>> {
     global::set_text_map_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
-        vec![Box::new(TraceContextPropagator::new()), Box::new(BaggagePropagator::new())],
+        vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ],
     ));
     let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| default_service.into());
     let resource = Resource::builder().with_service_name(service).build();
@@ -55,17 +61,25 @@ pub fn init(default_service: &str) -> Result<Telemetry, Box<dyn Error>> {
     if otlp_enabled() {
         if grpc() {
             tracer = tracer.with_batch_exporter(
-                opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?,
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .build()?,
             );
             meter = meter.with_periodic_exporter(
-                opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?,
+                opentelemetry_otlp::MetricExporter::builder()
+                    .with_tonic()
+                    .build()?,
             );
         } else {
             tracer = tracer.with_batch_exporter(
-                opentelemetry_otlp::SpanExporter::builder().with_http().build()?,
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .build()?,
             );
             meter = meter.with_periodic_exporter(
-                opentelemetry_otlp::MetricExporter::builder().with_http().build()?,
+                opentelemetry_otlp::MetricExporter::builder()
+                    .with_http()
+                    .build()?,
             );
         }
     }
