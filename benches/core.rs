@@ -172,21 +172,25 @@ fn ours_fast(
     )
 }
 
+/// `meter_provider: None` records metrics to the global meter provider, which no one installed
+/// here: no-op instruments, to show what the metrics cost.
 fn ours_with<P: TextMapPropagator + Send + Sync + 'static>(
     tracer_provider: &SdkTracerProvider,
-    meter_provider: &SdkMeterProvider,
+    meter_provider: Option<&SdkMeterProvider>,
     propagator: P,
 ) -> Ours<
     impl Service<Msg, Response = Sent, Error = Infallible>,
     impl Service<Msg, Response = (), Error = Infallible>,
 > {
-    let instr = Instrumentation::builder(
+    let mut builder = Instrumentation::builder(
         MessagingSystem::new("bench").with_server("127.0.0.1", Some(9092)),
     )
     .with_tracer_provider(tracer_provider)
-    .with_meter_provider(meter_provider)
-    .with_propagator(propagator)
-    .build();
+    .with_propagator(propagator);
+    if let Some(meter_provider) = meter_provider {
+        builder = builder.with_meter_provider(meter_provider);
+    }
+    let instr = builder.build();
     let producer = tower::Layer::layer(
         &ProducerLayer::from(instr.clone()),
         service_fn(|m: Msg| async move { Ok::<_, Infallible>(Sent(m)) }),
@@ -314,6 +318,11 @@ fn single_case(case: &str, n: u64) {
         let tracer = provider.tracer("yardstick");
         for _ in 0..n {
             yardstick(&tracer, &propagator);
+        }
+    } else if case.starts_with("tracelink-nometrics") {
+        let mut ours = ours_with(&provider, None, W3cTraceContextPropagator::new());
+        for _ in 0..n {
+            round_trip(&mut ours);
         }
     } else if case.starts_with("tracelink-w3c") {
         let mut ours = ours_fast(&provider, &meters);
