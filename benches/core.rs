@@ -152,7 +152,7 @@ fn ours(
 > {
     ours_with(
         tracer_provider,
-        meter_provider,
+        Some(meter_provider),
         TraceContextPropagator::new(),
     )
 }
@@ -167,7 +167,7 @@ fn ours_fast(
 > {
     ours_with(
         tracer_provider,
-        meter_provider,
+        Some(meter_provider),
         W3cTraceContextPropagator::new(),
     )
 }
