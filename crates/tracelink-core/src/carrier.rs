@@ -123,30 +123,66 @@ impl Extractor for MapExtractor<'_> {
 /// So tracelink checks the shape before the propagator sees it: lower-case hex, exact field
 /// lengths, version `ff` refused, nothing after a version-00 header, non-zero ids.
 pub fn is_valid_traceparent(value: &str) -> bool {
-    fn hex(s: &[u8]) -> bool {
-        s.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    parse_traceparent(value).is_some()
+}
+
+/// Value of each byte as a lower-case hex digit, `INVALID` for everything else.
+const INVALID: u8 = 0xff;
+const HEX_VALUE: [u8; 256] = {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
     }
-    fn zero(s: &[u8]) -> bool {
-        s.iter().all(|&b| b == b'0')
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
     }
+    table
+};
+
+/// Decodes lower-case hex `text` into `out` (two digits a byte); `false` on any other byte.
+fn decode_hex(text: &[u8], out: &mut [u8]) -> bool {
+    let mut bad = 0u8;
+    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+        let (hi, lo) = (
+            HEX_VALUE[usize::from(pair[0])],
+            HEX_VALUE[usize::from(pair[1])],
+        );
+        bad |= hi | lo;
+        *byte = (hi << 4) | (lo & 0x0f);
+    }
+    // Valid digits are below 16; INVALID has the high bits set.
+    bad & 0xf0 == 0
+}
+
+/// The fields of a well-formed `traceparent` (see [`is_valid_traceparent`]): trace id, span id
+/// and the flags byte, decoded in one pass.
+pub(crate) fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
     let v = value.trim_matches(|c| c == ' ' || c == '\t').as_bytes();
     if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
-        return false;
+        return None;
     }
-    let (version, trace_id, span_id, flags) = (&v[0..2], &v[3..35], &v[36..52], &v[53..55]);
-    if !(hex(version) && hex(trace_id) && hex(span_id) && hex(flags)) || version == b"ff" {
-        return false;
+    let mut version = [0u8; 1];
+    let mut trace_id = [0u8; 16];
+    let mut span_id = [0u8; 8];
+    let mut flags = [0u8; 1];
+    let ok = decode_hex(&v[0..2], &mut version)
+        & decode_hex(&v[3..35], &mut trace_id)
+        & decode_hex(&v[36..52], &mut span_id)
+        & decode_hex(&v[53..55], &mut flags);
+    if !ok || version[0] == 0xff || trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
     }
-    if zero(trace_id) || zero(span_id) {
-        return false;
-    }
-    match (version, v.len()) {
-        (b"00", 55) => true,
-        (b"00", _) => false,
+    let well_formed = match (version[0], v.len()) {
+        (0, len) => len == 55,
         // Later versions may append fields after a dash.
         (_, 55) => true,
         (_, _) => v[55] == b'-',
-    }
+    };
+    well_formed.then_some((trace_id, span_id, flags[0]))
 }
 
 const TRACEPARENT: &str = "traceparent";

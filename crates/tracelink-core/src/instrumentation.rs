@@ -17,7 +17,7 @@ use crate::baggage_policy::BaggagePolicy;
 use crate::carrier::Bounded;
 use crate::link_mode::LinkMode;
 use crate::message::{Destination, IncomingMessage, MessagingSystem, OutgoingMessage};
-use crate::metrics::Metrics;
+use crate::metrics::{MetricKind, MetricSet, Metrics, SetKey};
 use crate::span_name::SpanName;
 
 /// `error.type` recorded when an operation's future is dropped before it completed.
@@ -213,28 +213,45 @@ impl Instrumentation {
         ));
     }
 
-    /// Metric attributes; `name` is the destination's name value, shared with the span.
-    fn metric_attributes(
+    /// The cached metric attribute set of an operation; `name` is the destination's name value,
+    /// shared with the span, and `consumer` the consumer group and subscription attributes.
+    fn metric_set(
         &self,
+        kind: MetricKind,
         operation_name: &'static str,
         destination: &Destination<'_>,
         name: &Value,
-        extra: [Option<KeyValue>; 2],
-    ) -> Vec<KeyValue> {
-        let mut attributes = Vec::with_capacity(self.inner.common.len() + 5);
-        attributes.extend(self.inner.common.iter().cloned());
-        attributes.push(KeyValue::new(
-            attr::MESSAGING_OPERATION_NAME,
-            operation_name,
-        ));
+        consumer: &[Option<KeyValue>; 2],
+    ) -> Arc<MetricSet> {
         // Metrics must stay low-cardinality: prefer the template over a per-request name.
-        let name = match destination.template {
-            Some(template) => shared(template),
-            None => name.clone(),
+        let metric_name = destination.template.unwrap_or(destination.name);
+        fn text(kv: &Option<KeyValue>) -> Option<&str> {
+            match kv.as_ref().map(|kv| &kv.value) {
+                Some(Value::String(s)) => Some(s.as_str()),
+                _ => None,
+            }
+        }
+        let key = SetKey {
+            kind,
+            destination: metric_name,
+            group: text(&consumer[0]),
+            subscription: text(&consumer[1]),
         };
-        attributes.push(KeyValue::new(attr::MESSAGING_DESTINATION_NAME, name));
-        attributes.extend(extra.into_iter().flatten());
-        attributes
+        self.inner.metrics.set(key, || {
+            let mut attributes = Vec::with_capacity(self.inner.common.len() + 4);
+            attributes.extend(self.inner.common.iter().cloned());
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_OPERATION_NAME,
+                operation_name,
+            ));
+            let name = match destination.template {
+                Some(template) => shared(template),
+                None => name.clone(),
+            };
+            attributes.push(KeyValue::new(attr::MESSAGING_DESTINATION_NAME, name));
+            attributes.extend(consumer.iter().flatten().cloned());
+            attributes
+        })
     }
 
     /// Starts the PRODUCER span for `message` (child of the current context) and injects its
@@ -257,12 +274,16 @@ impl Instrumentation {
         let mut attributes = Vec::with_capacity(10);
         self.operation_attributes(&mut attributes, operation_type, operation_name);
         self.destination_attributes(&mut attributes, &destination, &destination_name);
-        let metric_attributes = match operation {
-            PublishOperation::Send => Some(self.metric_attributes(
-                operation_name,
-                &destination,
-                &destination_name,
-                [None, None],
+        let metric = match operation {
+            PublishOperation::Send => Some((
+                self.metric_set(
+                    MetricKind::Publish,
+                    operation_name,
+                    &destination,
+                    &destination_name,
+                    &[None, None],
+                ),
+                1,
             )),
             PublishOperation::Create => None,
         };
@@ -303,11 +324,7 @@ impl Instrumentation {
         }
         let cx = parent.with_span(span);
         message.with_headers_mut(&mut |injector| self.inject(&cx, injector));
-        Operation::new(
-            self.clone(),
-            cx,
-            metric_attributes.map(|a| (MetricKind::Publish { count: 1 }, a)),
-        )
+        Operation::new(self.clone(), cx, metric)
     }
 
     /// Starts the `send` span of a batch publish: PRODUCER, or CLIENT when every message gets a
@@ -344,17 +361,17 @@ impl Instrumentation {
             .with_kind(kind)
             .with_attributes(attributes);
         let span = inner.tracer.build_with_context(builder, parent);
-        let metric_attributes =
-            self.metric_attributes(operation_name, destination, &destination_name, [None, None]);
+        let metric = self.metric_set(
+            MetricKind::Publish,
+            operation_name,
+            destination,
+            &destination_name,
+            &[None, None],
+        );
         Operation::new(
             self.clone(),
             parent.with_span(span),
-            Some((
-                MetricKind::Publish {
-                    count: count as u64,
-                },
-                metric_attributes,
-            )),
+            Some((metric, count as u64)),
         )
     }
 
@@ -474,8 +491,13 @@ impl Instrumentation {
         self.destination_attributes(&mut attributes, &destination, &destination_name);
         let consumer_keys = self.consumer_keys(message);
         self.consumer_attributes(&consumer_keys, &mut attributes);
-        let metric_attributes =
-            self.metric_attributes("process", &destination, &destination_name, consumer_keys);
+        let metric = self.metric_set(
+            MetricKind::Process,
+            "process",
+            &destination,
+            &destination_name,
+            &consumer_keys,
+        );
         let parent = self.process_parent(&ambient, producer.as_ref());
         let mut builder = inner
             .tracer
@@ -492,11 +514,7 @@ impl Instrumentation {
             span.set_attributes(details);
         }
         let cx = Self::with_baggage(parent.with_span(span), &ambient, baggage);
-        Operation::new(
-            self.clone(),
-            cx,
-            Some((MetricKind::Process { count: 1 }, metric_attributes)),
-        )
+        Operation::new(self.clone(), cx, Some((metric, 1)))
     }
 
     /// Starts one CONSUMER `process` span for a batch, with one link per message that carried a
@@ -522,8 +540,13 @@ impl Instrumentation {
             ));
         }
         let links = self.links(messages);
-        let metric_attributes =
-            self.metric_attributes("process", &destination, &destination_name, consumer_keys);
+        let metric = self.metric_set(
+            MetricKind::Process,
+            "process",
+            &destination,
+            &destination_name,
+            &consumer_keys,
+        );
         let builder = inner
             .tracer
             .span_builder(inner.span_name.render("process", &destination))
@@ -534,12 +557,7 @@ impl Instrumentation {
         Some(Operation::new(
             self.clone(),
             ambient.with_span(span),
-            Some((
-                MetricKind::Process {
-                    count: messages.len() as u64,
-                },
-                metric_attributes,
-            )),
+            Some((metric, messages.len() as u64)),
         ))
     }
 
@@ -593,34 +611,21 @@ impl Instrumentation {
             .with_attributes(attributes)
             .with_links(self.links(messages));
         let span = inner.tracer.build_with_context(builder, &ambient);
-        let metric_attributes =
-            self.metric_attributes("receive", &destination, &destination_name, consumer_keys);
-        let mut operation = Operation::new(
-            self.clone(),
-            ambient.with_span(span),
-            Some((MetricKind::Receive, metric_attributes)),
+        let metric = self.metric_set(
+            MetricKind::Receive,
+            "receive",
+            &destination,
+            &destination_name,
+            &consumer_keys,
         );
+        let mut operation =
+            Operation::new(self.clone(), ambient.with_span(span), Some((metric, 0)));
         // The poll started before we were called; measure from there.
         let waited = started.elapsed().unwrap_or_default();
         operation.started = Instant::now()
             .checked_sub(waited)
             .unwrap_or_else(Instant::now);
         Some(ReceiveSpan { operation })
-    }
-
-    fn record_metrics(&self, kind: MetricKind, seconds: f64, attributes: &[KeyValue]) {
-        let metrics = &self.inner.metrics;
-        match kind {
-            MetricKind::Publish { count } => {
-                metrics.operation_duration.record(seconds, attributes);
-                metrics.sent_messages.add(count, attributes);
-            }
-            MetricKind::Process { count } => {
-                metrics.process_duration.record(seconds, attributes);
-                metrics.consumed_messages.add(count, attributes);
-            }
-            MetricKind::Receive => metrics.operation_duration.record(seconds, attributes),
-        }
     }
 }
 
@@ -766,20 +771,13 @@ pub(crate) enum PublishOperation {
     Create,
 }
 
-#[derive(Debug, Clone, Copy)]
-enum MetricKind {
-    Publish { count: u64 },
-    Process { count: u64 },
-    Receive,
-}
-
 /// One instrumented operation in flight: its span (inside `cx`), start time and metric
 /// attributes. Ends the span exactly once: on success, on failure, or when dropped.
 pub(crate) struct Operation {
     instrumentation: Instrumentation,
     cx: Context,
     started: Instant,
-    metric: Option<(MetricKind, Vec<KeyValue>)>,
+    metric: Option<(Arc<MetricSet>, u64)>,
     finished: bool,
 }
 
@@ -796,7 +794,7 @@ impl Operation {
     fn new(
         instrumentation: Instrumentation,
         cx: Context,
-        metric: Option<(MetricKind, Vec<KeyValue>)>,
+        metric: Option<(Arc<MetricSet>, u64)>,
     ) -> Self {
         Self {
             instrumentation,
@@ -833,14 +831,12 @@ impl Operation {
             span.set_status(Status::error(error_type.clone()));
         }
         span.end();
-        if let Some((kind, mut attributes)) = self.metric.take() {
-            if let Some(error_type) = error_type {
-                attributes.push(KeyValue::new(attr::ERROR_TYPE, error_type));
-            }
-            self.instrumentation.record_metrics(
-                kind,
+        if let Some((set, count)) = self.metric.take() {
+            self.instrumentation.inner.metrics.record(
+                &set,
+                count,
                 self.started.elapsed().as_secs_f64(),
-                &attributes,
+                error_type,
             );
         }
     }

@@ -1,11 +1,14 @@
 //! The messaging metrics recorded by the layers.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter, ObservableCounter};
 use opentelemetry::KeyValue;
+use opentelemetry_semantic_conventions::attribute as attr;
 use opentelemetry_semantic_conventions::metric as names;
 use rustc_hash::FxBuildHasher;
 
@@ -23,15 +26,131 @@ const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";
 
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
-    pub(crate) operation_duration: Histogram<f64>,
-    pub(crate) process_duration: Histogram<f64>,
-    pub(crate) sent_messages: Arc<MessageCounter>,
-    pub(crate) consumed_messages: Arc<MessageCounter>,
+    operation_duration: Histogram<f64>,
+    process_duration: Histogram<f64>,
+    /// Counts of failed operations (their attributes carry `error.type`) and of attribute sets
+    /// past the cache's limit.
+    sent_messages: Arc<MessageCounter>,
+    consumed_messages: Arc<MessageCounter>,
+    /// Attribute sets of successful operations, each with its own count.
+    sets: Arc<MetricSets>,
     _instruments: Arc<[ObservableCounter<u64>; 2]>,
 }
 
+/// Which instruments an operation records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum MetricKind {
+    /// `messaging.client.operation.duration` and `messaging.client.sent.messages`.
+    Publish,
+    /// `messaging.process.duration` and `messaging.client.consumed.messages`.
+    Process,
+    /// `messaging.client.operation.duration`.
+    Receive,
+}
+
+/// The metric attributes of one (operation, destination, consumer group, subscription), built
+/// once and reused by every operation on it, with the message count of its successes.
+#[derive(Debug)]
+pub(crate) struct MetricSet {
+    kind: MetricKind,
+    destination: Box<str>,
+    group: Option<Box<str>>,
+    subscription: Option<Box<str>>,
+    attributes: Vec<KeyValue>,
+    count: AtomicU64,
+    cached: bool,
+}
+
+impl MetricSet {
+    /// A copy whose successes are counted through the [`MessageCounter`] instead.
+    fn uncached(&self) -> MetricSet {
+        MetricSet {
+            kind: self.kind,
+            destination: self.destination.clone(),
+            group: self.group.clone(),
+            subscription: self.subscription.clone(),
+            attributes: self.attributes.clone(),
+            count: AtomicU64::new(0),
+            cached: false,
+        }
+    }
+
+    fn is(&self, key: &SetKey<'_>) -> bool {
+        self.kind == key.kind
+            && *self.destination == *key.destination
+            && self.group.as_deref() == key.group
+            && self.subscription.as_deref() == key.subscription
+    }
+}
+
+/// What identifies a [`MetricSet`]; the rest of its attributes are the instrumentation's.
+#[derive(Debug, Clone, Copy, Hash)]
+pub(crate) struct SetKey<'a> {
+    pub(crate) kind: MetricKind,
+    pub(crate) destination: &'a str,
+    pub(crate) group: Option<&'a str>,
+    pub(crate) subscription: Option<&'a str>,
+}
+
+/// The cache of [`MetricSet`]s, keyed by the FxHash of their [`SetKey`].
+#[derive(Debug, Default)]
+struct MetricSets {
+    sets: RwLock<HashMap<u64, Vec<Arc<MetricSet>>, FxBuildHasher>>,
+    len: AtomicUsize,
+}
+
+impl MetricSets {
+    fn get_or_insert(
+        &self,
+        key: SetKey<'_>,
+        build: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Arc<MetricSet> {
+        let hash = FxBuildHasher.hash_one(key);
+        if let Ok(sets) = self.sets.read() {
+            if let Some(set) = sets.get(&hash).and_then(|v| v.iter().find(|s| s.is(&key))) {
+                return set.clone();
+            }
+        }
+        let cached = self.len.load(Ordering::Relaxed) < CARDINALITY_LIMIT;
+        let set = Arc::new(MetricSet {
+            kind: key.kind,
+            destination: key.destination.into(),
+            group: key.group.map(Into::into),
+            subscription: key.subscription.map(Into::into),
+            attributes: build(),
+            count: AtomicU64::new(0),
+            cached,
+        });
+        if !cached {
+            return set;
+        }
+        let Ok(mut sets) = self.sets.write() else {
+            return Arc::new(set.uncached());
+        };
+        let bucket = sets.entry(hash).or_default();
+        if let Some(existing) = bucket.iter().find(|s| s.is(&key)) {
+            return existing.clone();
+        }
+        bucket.push(set.clone());
+        self.len.fetch_add(1, Ordering::Relaxed);
+        set
+    }
+
+    fn observe(&self, kind: MetricKind, instrument: &dyn AsyncInstrument<u64>) {
+        if let Ok(sets) = self.sets.read() {
+            for set in sets.values().flatten().filter(|s| s.kind == kind) {
+                let count = set.count.load(Ordering::Relaxed);
+                if count > 0 {
+                    instrument.observe(count, &set.attributes);
+                }
+            }
+        }
+    }
+}
+
 /// A monotonic message count per attribute set, kept here and reported through an observable
-/// counter when the SDK collects.
+/// counter when the SDK collects (successful operations count on their cached [`MetricSet`];
+/// this map holds failures and sets past the cache's limit).
 ///
 /// Why not a synchronous SDK counter: the SDK finds a measurement's aggregator by hashing its
 /// attribute set with SipHash, about 2 000 instructions for the five or six attributes a
@@ -76,23 +195,75 @@ impl MessageCounter {
 }
 
 impl Metrics {
+    /// The attribute set for `key`, built by `build` the first time it is seen.
+    pub(crate) fn set(
+        &self,
+        key: SetKey<'_>,
+        build: impl FnOnce() -> Vec<KeyValue>,
+    ) -> Arc<MetricSet> {
+        self.sets.get_or_insert(key, build)
+    }
+
+    /// Records one finished operation on `set` that handled `count` messages.
+    pub(crate) fn record(
+        &self,
+        set: &MetricSet,
+        count: u64,
+        seconds: f64,
+        error_type: Option<Cow<'static, str>>,
+    ) {
+        let (histogram, counter) = match set.kind {
+            MetricKind::Publish => (&self.operation_duration, Some(&self.sent_messages)),
+            MetricKind::Process => (&self.process_duration, Some(&self.consumed_messages)),
+            MetricKind::Receive => (&self.operation_duration, None),
+        };
+        match error_type {
+            None => {
+                histogram.record(seconds, &set.attributes);
+                match counter {
+                    Some(_) if set.cached => {
+                        set.count.fetch_add(count, Ordering::Relaxed);
+                    }
+                    Some(counter) => counter.add(count, &set.attributes),
+                    None => {}
+                }
+            }
+            Some(error_type) => {
+                let mut attributes = Vec::with_capacity(set.attributes.len() + 1);
+                attributes.extend(set.attributes.iter().cloned());
+                attributes.push(KeyValue::new(attr::ERROR_TYPE, error_type));
+                histogram.record(seconds, &attributes);
+                if let Some(counter) = counter {
+                    counter.add(count, &attributes);
+                }
+            }
+        }
+    }
+
     pub(crate) fn new(meter: &Meter) -> Self {
         let sent_messages = Arc::new(MessageCounter::default());
         let consumed_messages = Arc::new(MessageCounter::default());
-        let sent = sent_messages.clone();
-        let consumed = consumed_messages.clone();
+        let sets = Arc::new(MetricSets::default());
+        let (sent, sent_sets) = (sent_messages.clone(), sets.clone());
+        let (consumed, consumed_sets) = (consumed_messages.clone(), sets.clone());
         let instruments = [
             meter
                 .u64_observable_counter(names::MESSAGING_CLIENT_SENT_MESSAGES)
                 .with_unit("{message}")
                 .with_description("Number of messages producer attempted to send to the broker.")
-                .with_callback(move |instrument| sent.observe(instrument))
+                .with_callback(move |instrument| {
+                    sent_sets.observe(MetricKind::Publish, instrument);
+                    sent.observe(instrument);
+                })
                 .build(),
             meter
                 .u64_observable_counter(names::MESSAGING_CLIENT_CONSUMED_MESSAGES)
                 .with_unit("{message}")
                 .with_description("Number of messages that were delivered to the application.")
-                .with_callback(move |instrument| consumed.observe(instrument))
+                .with_callback(move |instrument| {
+                    consumed_sets.observe(MetricKind::Process, instrument);
+                    consumed.observe(instrument);
+                })
                 .build(),
         ];
         Self {
@@ -112,6 +283,7 @@ impl Metrics {
                 .build(),
             sent_messages,
             consumed_messages,
+            sets,
             _instruments: Arc::new(instruments),
         }
     }

@@ -26,7 +26,7 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
 
-use crate::carrier::is_valid_traceparent;
+use crate::carrier::parse_traceparent;
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
@@ -54,22 +54,6 @@ fn write_hex(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-fn nibble(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
-}
-
-fn read_hex<const N: usize>(text: &[u8]) -> Option<[u8; N]> {
-    let mut out = [0u8; N];
-    for (i, pair) in text.chunks_exact(2).enumerate() {
-        *out.get_mut(i)? = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(out)
-}
-
 /// The `traceparent` value of `sc`: `00-{trace id}-{span id}-{flags}`.
 pub(crate) fn format_traceparent(sc: &SpanContext) -> [u8; 55] {
     let mut out = [b'-'; 55];
@@ -84,21 +68,13 @@ pub(crate) fn format_traceparent(sc: &SpanContext) -> [u8; 55] {
 
 /// The span context in a `traceparent` value (and `tracestate`), if well-formed and valid.
 pub(crate) fn parse(traceparent: &str, tracestate: Option<&str>) -> Option<SpanContext> {
-    if !is_valid_traceparent(traceparent) {
-        return None;
-    }
-    let v = traceparent
-        .trim_matches(|c| c == ' ' || c == '\t')
-        .as_bytes();
-    let trace_id = TraceId::from_bytes(read_hex::<16>(&v[3..35])?);
-    let span_id = SpanId::from_bytes(read_hex::<8>(&v[36..52])?);
-    let [flags] = read_hex::<1>(&v[53..55])?;
+    let (trace_id, span_id, flags) = parse_traceparent(traceparent)?;
     let trace_state = tracestate
         .and_then(|s| TraceState::from_str(s).ok())
         .unwrap_or_default();
     let sc = SpanContext::new(
-        trace_id,
-        span_id,
+        TraceId::from_bytes(trace_id),
+        SpanId::from_bytes(span_id),
         TraceFlags::new(flags) & TraceFlags::SAMPLED,
         true,
         trace_state,
@@ -114,8 +90,10 @@ impl TextMapPropagator for W3cTraceContextPropagator {
             return;
         }
         let bytes = format_traceparent(sc);
-        // Only ASCII hex digits and dashes were written, so this never replaces anything.
-        let text = String::from_utf8_lossy(&bytes).into_owned();
+        // Only ASCII hex digits and dashes were written: this never fails.
+        let text = std::str::from_utf8(&bytes)
+            .map(str::to_owned)
+            .unwrap_or_default();
         injector.set(TRACEPARENT, text);
         let state = sc.trace_state().header();
         if !state.is_empty() {
