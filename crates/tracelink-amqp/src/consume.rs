@@ -1,7 +1,6 @@
 //! The consume loop: drives a lapin [`Consumer`] through a handler wrapped in the core's
 //! [`ConsumerLayer`], and settles each message after its handler finished.
 
-use std::borrow::Cow;
 use std::future::{poll_fn, Future};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
@@ -9,12 +8,12 @@ use std::task::{Context as TaskContext, Poll};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{Acker, Consumer};
-use opentelemetry::global::{BoxedTracer, ObjectSafeTracerProvider};
-use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, InstrumentationScope, KeyValue};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_semantic_conventions::attribute as attr;
 use tower::{BoxError, Layer, Service};
-use tracelink_core::{ClassifyError, ConsumerLayer, DefaultErrorType, Instrumentation};
+use tracelink_core::{
+    ClassifyError, ConsumerLayer, DefaultErrorType, Destination, Instrumentation,
+};
 
 use crate::error::{lapin_error_type, ConsumeError};
 use crate::message::AmqpDelivery;
@@ -48,7 +47,7 @@ pub struct ConsumeLoop<C = DefaultErrorType> {
     layer: ConsumerLayer<C>,
     concurrency: usize,
     requeue: bool,
-    settle_spans: Option<BoxedTracer>,
+    settle_spans: bool,
 }
 
 impl<C> std::fmt::Debug for ConsumeLoop<C> {
@@ -57,7 +56,7 @@ impl<C> std::fmt::Debug for ConsumeLoop<C> {
             .field("queue", &self.consumer.queue())
             .field("concurrency", &self.concurrency)
             .field("requeue", &self.requeue)
-            .field("settle_spans", &self.settle_spans.is_some())
+            .field("settle_spans", &self.settle_spans)
             .finish_non_exhaustive()
     }
 }
@@ -72,7 +71,7 @@ impl ConsumeLoop {
             instrumentation,
             concurrency: 1,
             requeue: true,
-            settle_spans: None,
+            settle_spans: false,
         }
     }
 }
@@ -105,13 +104,9 @@ impl<C> ConsumeLoop<C> {
     }
 
     /// Records a CLIENT `ack {destination}` or `nack {destination}` span per settlement, child
-    /// of the message's process span, with spans from `provider`.
-    pub fn with_settle_spans<P: ObjectSafeTracerProvider>(mut self, provider: &P) -> Self {
-        let scope = InstrumentationScope::builder("tracelink-amqp")
-            .with_version(env!("CARGO_PKG_VERSION"))
-            .with_schema_url(opentelemetry_semantic_conventions::SCHEMA_URL)
-            .build();
-        self.settle_spans = Some(BoxedTracer::new(provider.boxed_tracer(scope)));
+    /// of the message's process span ([`Instrumentation::settle_span`]).
+    pub fn with_settle_spans(mut self) -> Self {
+        self.settle_spans = true;
         self
     }
 
@@ -152,15 +147,7 @@ impl<C> ConsumeLoop<C> {
             inner: handler,
             slot: process_cx.clone(),
         });
-        let settle = settle_spans.map(|tracer| {
-            Arc::new(Settle {
-                tracer,
-                system: KeyValue::new(
-                    attr::MESSAGING_SYSTEM,
-                    instrumentation.system().name().to_owned(),
-                ),
-            })
-        });
+        let settle = settle_spans.then(|| instrumentation.clone());
         let mut signal = std::pin::pin!(signal);
         let mut in_flight = FuturesUnordered::new();
         let mut stopping = false;
@@ -246,7 +233,7 @@ async fn settle_after<F, R, E>(
     handled: F,
     acker: Acker,
     requeue: bool,
-    settle: Option<(Arc<Settle>, SettleTarget)>,
+    settle: Option<(Instrumentation, SettleTarget)>,
     parent: Option<Context>,
 ) -> Result<(), lapin::Error>
 where
@@ -254,8 +241,17 @@ where
 {
     let succeeded = handled.await.is_ok();
     let operation = if succeeded { "ack" } else { "nack" };
-    let span = settle
-        .map(|(settle, target)| settle.start(operation, &target, &parent.unwrap_or_default()));
+    let span = settle.map(|(instrumentation, target)| {
+        instrumentation.settle_span(
+            operation,
+            Destination::new(&target.destination),
+            &parent.unwrap_or_default(),
+            vec![KeyValue::new(
+                attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
+                target.delivery_tag,
+            )],
+        )
+    });
     let result = if succeeded {
         acker.ack(BasicAckOptions::default()).await
     } else {
@@ -266,14 +262,11 @@ where
             })
             .await
     };
-    if let Some(cx) = span {
-        let span = cx.span();
-        if let Err(error) = &result {
-            let error_type = lapin_error_type(error);
-            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.clone()));
-            span.set_status(Status::error(error_type));
+    if let Some(span) = span {
+        match &result {
+            Ok(_) => span.end(),
+            Err(error) => span.fail(lapin_error_type(error)),
         }
-        span.end();
     }
     result.map(|_| ())
 }
@@ -300,11 +293,6 @@ impl<S: Service<AmqpDelivery>> Service<AmqpDelivery> for CaptureContext<S> {
     }
 }
 
-struct Settle {
-    tracer: BoxedTracer,
-    system: KeyValue,
-}
-
 /// What a settle span says about its message.
 struct SettleTarget {
     destination: String,
@@ -319,27 +307,5 @@ impl SettleTarget {
                 .to_owned(),
             delivery_tag: i64::try_from(message.delivery().delivery_tag).unwrap_or(i64::MAX),
         }
-    }
-}
-
-impl Settle {
-    fn start(&self, operation: &'static str, target: &SettleTarget, parent: &Context) -> Context {
-        let attributes = vec![
-            self.system.clone(),
-            KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "settle"),
-            KeyValue::new(attr::MESSAGING_OPERATION_NAME, operation),
-            KeyValue::new(attr::MESSAGING_DESTINATION_NAME, target.destination.clone()),
-            KeyValue::new(
-                attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
-                target.delivery_tag,
-            ),
-        ];
-        let builder = self
-            .tracer
-            .span_builder(Cow::Owned(format!("{operation} {}", target.destination)))
-            .with_kind(SpanKind::Client)
-            .with_attributes(attributes);
-        let span = self.tracer.build_with_context(builder, parent);
-        parent.with_span(span)
     }
 }

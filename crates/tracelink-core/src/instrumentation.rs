@@ -233,6 +233,7 @@ impl Instrumentation {
         }
         let key = SetKey {
             kind,
+            operation: operation_name,
             destination: metric_name,
             group: text(&consumer[0]),
             subscription: text(&consumer[1]),
@@ -627,6 +628,42 @@ impl Instrumentation {
             .unwrap_or_else(Instant::now);
         Some(ReceiveSpan { operation })
     }
+
+    /// Starts a CLIENT settle span, `{operation_name} {destination}` (`ack`, `nack`, `delete`,
+    /// `commit`, ...), as a child of `parent` (the message's process span, say), with
+    /// `messaging.operation.type` = `settle`, the instrumentation's common attributes and
+    /// `attributes` (delivery tag, message id, ...). Its duration goes to
+    /// `messaging.client.operation.duration`.
+    pub fn settle_span(
+        &self,
+        operation_name: &'static str,
+        destination: Destination<'_>,
+        parent: &Context,
+        attributes: Vec<KeyValue>,
+    ) -> SettleSpan {
+        let inner = &*self.inner;
+        let mut all = Vec::with_capacity(8 + attributes.len());
+        self.operation_attributes(&mut all, "settle", operation_name);
+        let destination_name = shared(destination.name);
+        self.destination_attributes(&mut all, &destination, &destination_name);
+        all.extend(attributes);
+        let builder = inner
+            .tracer
+            .span_builder(inner.span_name.render(operation_name, &destination))
+            .with_kind(SpanKind::Client)
+            .with_attributes(all);
+        let span = inner.tracer.build_with_context(builder, parent);
+        let metric = self.metric_set(
+            MetricKind::Receive,
+            operation_name,
+            &destination,
+            &destination_name,
+            &[None, None],
+        );
+        SettleSpan {
+            operation: Operation::new(self.clone(), parent.with_span(span), Some((metric, 0))),
+        }
+    }
 }
 
 /// Builds an [`Instrumentation`].
@@ -845,6 +882,32 @@ impl Operation {
 impl Drop for Operation {
     fn drop(&mut self) {
         self.finish(Some(Cow::Borrowed(CANCELLED)));
+    }
+}
+
+/// A CLIENT settle span (`ack`, `nack`, `delete`, ...), from [`Instrumentation::settle_span`].
+///
+/// End it with [`end`](SettleSpan::end) or [`fail`](SettleSpan::fail); dropping it ends it as
+/// cancelled.
+#[derive(Debug)]
+pub struct SettleSpan {
+    operation: Operation,
+}
+
+impl SettleSpan {
+    /// The context holding the settle span.
+    pub fn context(&self) -> &Context {
+        self.operation.context()
+    }
+
+    /// Ends the span successfully.
+    pub fn end(self) {
+        self.operation.succeed(Vec::new());
+    }
+
+    /// Ends the span with status Error and `error.type`.
+    pub fn fail(self, error_type: impl Into<Cow<'static, str>>) {
+        self.operation.fail(error_type.into());
     }
 }
 

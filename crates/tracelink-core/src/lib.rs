@@ -134,7 +134,9 @@ pub use consumer::{
     BatchConsumerLayer, BatchConsumerService, ConsumerFuture, ConsumerLayer, ConsumerService,
 };
 pub use error_type::{ClassifyError, DefaultErrorType, ErrorType, TypeNameErrorType, OTHER_ERROR};
-pub use instrumentation::{Instrumentation, InstrumentationBuilder, ReceiveSpan, CANCELLED};
+pub use instrumentation::{
+    Instrumentation, InstrumentationBuilder, ReceiveSpan, SettleSpan, CANCELLED,
+};
 pub use link_mode::LinkMode;
 pub use message::{
     BatchPublishResponse, Destination, IncomingMessage, MessagingSystem, OutgoingMessage,

@@ -44,7 +44,7 @@ pub(crate) enum MetricKind {
     Publish,
     /// `messaging.process.duration` and `messaging.client.consumed.messages`.
     Process,
-    /// `messaging.client.operation.duration`.
+    /// `messaging.client.operation.duration` (receive and settle operations).
     Receive,
 }
 
@@ -53,6 +53,7 @@ pub(crate) enum MetricKind {
 #[derive(Debug)]
 pub(crate) struct MetricSet {
     kind: MetricKind,
+    operation: &'static str,
     destination: Box<str>,
     group: Option<Box<str>>,
     subscription: Option<Box<str>>,
@@ -66,6 +67,7 @@ impl MetricSet {
     fn uncached(&self) -> MetricSet {
         MetricSet {
             kind: self.kind,
+            operation: self.operation,
             destination: self.destination.clone(),
             group: self.group.clone(),
             subscription: self.subscription.clone(),
@@ -77,6 +79,7 @@ impl MetricSet {
 
     fn is(&self, key: &SetKey<'_>) -> bool {
         self.kind == key.kind
+            && self.operation == key.operation
             && *self.destination == *key.destination
             && self.group.as_deref() == key.group
             && self.subscription.as_deref() == key.subscription
@@ -87,6 +90,7 @@ impl MetricSet {
 #[derive(Debug, Clone, Copy, Hash)]
 pub(crate) struct SetKey<'a> {
     pub(crate) kind: MetricKind,
+    pub(crate) operation: &'static str,
     pub(crate) destination: &'a str,
     pub(crate) group: Option<&'a str>,
     pub(crate) subscription: Option<&'a str>,
@@ -114,6 +118,7 @@ impl MetricSets {
         let cached = self.len.load(Ordering::Relaxed) < CARDINALITY_LIMIT;
         let set = Arc::new(MetricSet {
             kind: key.kind,
+            operation: key.operation,
             destination: key.destination.into(),
             group: key.group.map(Into::into),
             subscription: key.subscription.map(Into::into),

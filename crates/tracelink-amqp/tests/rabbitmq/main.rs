@@ -280,7 +280,7 @@ async fn a_failing_handler_is_nacked_requeued_and_redelivered() {
     within(
         "consume",
         ConsumeLoop::new(consumer, t.instrumentation.clone())
-            .with_settle_spans(&t.provider)
+            .with_settle_spans()
             .run_until(handler, countdown.signal()),
     )
     .await
@@ -326,13 +326,15 @@ async fn a_failing_handler_is_nacked_requeued_and_redelivered() {
         );
         assert_eq!(
             attributes(settle),
-            expected(vec![
-                KeyValue::new(attr::MESSAGING_SYSTEM, "rabbitmq"),
-                KeyValue::new(attr::MESSAGING_OPERATION_TYPE, "settle"),
-                KeyValue::new(attr::MESSAGING_OPERATION_NAME, name),
-                KeyValue::new(attr::MESSAGING_DESTINATION_NAME, format!("{queue}:{queue}")),
-                KeyValue::new(attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, tag),
-            ])
+            expected(
+                common("settle", name)
+                    .into_iter()
+                    .chain([
+                        KeyValue::new(attr::MESSAGING_DESTINATION_NAME, format!("{queue}:{queue}")),
+                        KeyValue::new(attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, tag),
+                    ])
+                    .collect()
+            )
         );
     }
     assert_all_acked(channel, &queue).await;

@@ -851,3 +851,56 @@ fn fields_name_the_propagators_headers() {
     fields.sort();
     assert_eq!(fields, ["baggage", "traceparent", "tracestate"]);
 }
+
+#[tokio::test]
+async fn settle_span_is_a_client_child_of_the_process_span() {
+    let t = Telemetry::new();
+    let instr = t.instrumentation();
+    let process_cx = consume(&instr, Msg::new("orders")).await;
+    instr
+        .settle_span(
+            "ack",
+            Destination::new("orders"),
+            &process_cx,
+            vec![KeyValue::new("messaging.rabbitmq.message.delivery_tag", 7)],
+        )
+        .end();
+    instr
+        .settle_span("nack", Destination::new("orders"), &process_cx, Vec::new())
+        .fail("channel_closed");
+    let process = t.span("process orders");
+    let ack = t.span("ack orders");
+    assert_eq!(ack.span_kind, SpanKind::Client);
+    assert_eq!(ack.parent_span_id, process.span_context.span_id());
+    assert_eq!(
+        attrs(&ack.attributes),
+        expected(&[
+            ("messaging.system", "test_broker"),
+            ("messaging.operation.type", "settle"),
+            ("messaging.operation.name", "ack"),
+            ("messaging.destination.name", "orders"),
+            ("server.address", "broker.local"),
+            ("server.port", "5672"),
+            ("messaging.rabbitmq.message.delivery_tag", "7"),
+        ])
+    );
+    assert_eq!(
+        t.span("nack orders").status,
+        Status::error("channel_closed")
+    );
+    let metrics = t.collect_metrics();
+    let (acks, _) = histogram(
+        &metrics,
+        "messaging.client.operation.duration",
+        &[("messaging.operation.name", "ack")],
+    );
+    let (nacks, _) = histogram(
+        &metrics,
+        "messaging.client.operation.duration",
+        &[
+            ("messaging.operation.name", "nack"),
+            ("error.type", "channel_closed"),
+        ],
+    );
+    assert_eq!((acks, nacks), (1, 1));
+}
