@@ -584,24 +584,49 @@ impl Instrumentation {
         started: SystemTime,
         messages: &[M],
     ) -> Option<ReceiveSpan> {
-        if messages.is_empty() {
-            return None;
-        }
+        let first = messages.first()?;
+        let consumer_keys = self.consumer_keys(first);
+        Some(self.start_receive(
+            destination,
+            started,
+            consumer_keys,
+            messages.len(),
+            self.links(messages),
+        ))
+    }
+
+    /// Records the CLIENT `receive {destination}` span of a poll that failed (from `started`,
+    /// when the poll began, to now) with status Error and `error.type`, and its
+    /// `messaging.client.operation.duration`.
+    pub fn receive_failed(
+        &self,
+        destination: Destination<'_>,
+        started: SystemTime,
+        error_type: impl Into<Cow<'static, str>>,
+    ) {
+        self.start_receive(destination, started, [None, None], 0, Vec::new())
+            .fail(error_type);
+    }
+
+    fn start_receive(
+        &self,
+        destination: Destination<'_>,
+        started: SystemTime,
+        consumer_keys: [Option<KeyValue>; 2],
+        count: usize,
+        links: Vec<Link>,
+    ) -> ReceiveSpan {
         let inner = &*self.inner;
         let ambient = Context::current();
         let mut attributes = Vec::with_capacity(12);
         self.operation_attributes(&mut attributes, "receive", "receive");
         let destination_name = shared(destination.name);
         self.destination_attributes(&mut attributes, &destination, &destination_name);
-        let consumer_keys = match messages.first() {
-            Some(first) => self.consumer_keys(first),
-            None => [None, None],
-        };
         self.consumer_attributes(&consumer_keys, &mut attributes);
-        if messages.len() > 1 {
+        if count > 1 {
             attributes.push(KeyValue::new(
                 attr::MESSAGING_BATCH_MESSAGE_COUNT,
-                messages.len() as i64,
+                count as i64,
             ));
         }
         let builder = inner
@@ -610,7 +635,7 @@ impl Instrumentation {
             .with_kind(SpanKind::Client)
             .with_start_time(started)
             .with_attributes(attributes)
-            .with_links(self.links(messages));
+            .with_links(links);
         let span = inner.tracer.build_with_context(builder, &ambient);
         let metric = self.metric_set(
             MetricKind::Receive,
@@ -626,7 +651,7 @@ impl Instrumentation {
         operation.started = Instant::now()
             .checked_sub(waited)
             .unwrap_or_else(Instant::now);
-        Some(ReceiveSpan { operation })
+        ReceiveSpan { operation }
     }
 
     /// Starts a CLIENT settle span, `{operation_name} {destination}` (`ack`, `nack`, `delete`,

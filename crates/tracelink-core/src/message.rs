@@ -55,6 +55,21 @@ impl MessagingSystem {
         &self.name
     }
 
+    /// `server.address`, when known.
+    pub fn server_address(&self) -> Option<&str> {
+        self.server_address.as_deref()
+    }
+
+    /// `server.port`, when known.
+    pub fn server_port(&self) -> Option<u16> {
+        self.server_port
+    }
+
+    /// `messaging.client.id`, when known.
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
     /// The operation name used for publishes (`send` or `publish`).
     pub fn publish_operation(&self) -> &'static str {
         self.publish_operation

@@ -8,7 +8,7 @@ use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::AckKind;
 use futures_util::StreamExt;
 use tower::Service;
-use tracelink_core::{Destination, Instrumentation};
+use tracelink_core::{Destination, ErrorType, Instrumentation};
 
 use crate::error::Error;
 use crate::message::JetStreamDelivery;
@@ -78,6 +78,21 @@ impl JetStreamConsumer {
 
     async fn fetch(&mut self) -> Result<Vec<(JetStreamDelivery, Acker)>, Error> {
         let started = SystemTime::now();
+        let result = self.fetch_from(started).await;
+        if let Err(error) = &result {
+            self.instrumentation.receive_failed(
+                Destination::new(&self.stream),
+                started,
+                error.error_type(),
+            );
+        }
+        result
+    }
+
+    async fn fetch_from(
+        &mut self,
+        started: SystemTime,
+    ) -> Result<Vec<(JetStreamDelivery, Acker)>, Error> {
         let mut batch = self
             .consumer
             .fetch()

@@ -18,7 +18,8 @@ use opentelemetry::{Context, KeyValue};
 use tower::{Layer, Service, ServiceExt};
 use tracelink_core::carrier::MapInjector;
 use tracelink_core::{
-    ClassifyError, ConsumerLayer, ConsumerService, DefaultErrorType, Destination, Instrumentation,
+    ClassifyError, ConsumerLayer, ConsumerService, DefaultErrorType, Destination, ErrorType,
+    Instrumentation,
 };
 
 use crate::error::{EntryError, SqsError};
@@ -309,7 +310,15 @@ where
             .set_message_system_attribute_names(Some(self.system_attribute_names.clone()))
             .send()
             .await
-            .map_err(|e| SqsError::sdk("ReceiveMessage", e))?;
+            .map_err(|e| {
+                let error = SqsError::sdk("ReceiveMessage", e);
+                self.instrumentation.receive_failed(
+                    Destination::new(self.queue.name()),
+                    started,
+                    error.error_type(),
+                );
+                error
+            })?;
         let messages: Vec<ReceivedMessage> = output
             .messages
             .unwrap_or_default()

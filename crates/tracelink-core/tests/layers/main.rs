@@ -656,6 +656,23 @@ async fn receive_span_links_and_skips_empty_polls() {
     assert_eq!(receive.links.links.len(), 2);
     assert!(receive
         .attributes
+        .contains(&KeyValue::new("messaging.batch.message_count", 2)));
+
+    // A failed poll still gets a span, with the error.
+    let t = Telemetry::new();
+    t.instrumentation().receive_failed(
+        Destination::new("orders"),
+        std::time::SystemTime::now(),
+        "AWS.SimpleQueueService.NonExistentQueue",
+    );
+    let failed = t.span("receive orders");
+    assert_eq!(
+        failed.status,
+        Status::error("AWS.SimpleQueueService.NonExistentQueue")
+    );
+    assert!(failed.links.links.is_empty());
+    assert!(receive
+        .attributes
         .contains(&KeyValue::new("messaging.operation.type", "receive")));
 }
 

@@ -850,7 +850,14 @@ async fn receive_from_a_missing_queue_fails_with_the_sqs_code() {
     let (mut consumer, _log) = recording_consumer(&client, &format!("{url}-missing"), &t);
     let err = consumer.poll().await.unwrap_err();
     assert_eq!(err.code(), "AWS.SimpleQueueService.NonExistentQueue");
-    assert!(t.spans().is_empty(), "no receive span without messages");
+    let spans = t.spans();
+    assert_eq!(spans.len(), 1, "one failed receive span");
+    assert_eq!(spans[0].span_kind, SpanKind::Client);
+    assert_eq!(
+        spans[0].status,
+        Status::error("AWS.SimpleQueueService.NonExistentQueue")
+    );
+    assert!(spans[0].name.starts_with("receive "));
 }
 
 #[tokio::test]
