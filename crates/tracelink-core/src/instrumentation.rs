@@ -299,27 +299,13 @@ impl Instrumentation {
             if let Some(client_id) = &inner.client_id {
                 details.push(client_id.clone());
             }
-            if let Some(id) = message.message_id() {
-                details.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.to_owned()));
-            }
-            if let Some(id) = message.conversation_id() {
-                details.push(KeyValue::new(
-                    attr::MESSAGING_MESSAGE_CONVERSATION_ID,
-                    id.to_owned(),
-                ));
-            }
-            if let Some(size) = message.body_size() {
-                details.push(KeyValue::new(
-                    attr::MESSAGING_MESSAGE_BODY_SIZE,
-                    size as i64,
-                ));
-            }
-            if let Some(partition) = message.partition_id() {
-                details.push(KeyValue::new(
-                    attr::MESSAGING_DESTINATION_PARTITION_ID,
-                    partition.into_owned(),
-                ));
-            }
+            push_message_attributes(
+                &mut details,
+                message.message_id().map(Cow::Borrowed),
+                message.conversation_id(),
+                message.body_size(),
+                message.partition_id(),
+            );
             message.attributes(&mut details);
             span.set_attributes(details);
         }
@@ -411,27 +397,13 @@ impl Instrumentation {
         message: &M,
         attributes: &mut Vec<KeyValue>,
     ) {
-        if let Some(id) = message.message_id() {
-            attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.into_owned()));
-        }
-        if let Some(id) = message.conversation_id() {
-            attributes.push(KeyValue::new(
-                attr::MESSAGING_MESSAGE_CONVERSATION_ID,
-                id.to_owned(),
-            ));
-        }
-        if let Some(size) = message.body_size() {
-            attributes.push(KeyValue::new(
-                attr::MESSAGING_MESSAGE_BODY_SIZE,
-                size as i64,
-            ));
-        }
-        if let Some(partition) = message.partition_id() {
-            attributes.push(KeyValue::new(
-                attr::MESSAGING_DESTINATION_PARTITION_ID,
-                partition.into_owned(),
-            ));
-        }
+        push_message_attributes(
+            attributes,
+            message.message_id(),
+            message.conversation_id(),
+            message.body_size(),
+            message.partition_id(),
+        );
         message.attributes(attributes);
     }
 
@@ -688,6 +660,37 @@ impl Instrumentation {
         SettleSpan {
             operation: Operation::new(self.clone(), parent.with_span(span), Some((metric, 0))),
         }
+    }
+}
+
+/// The per-message attributes both message traits describe.
+fn push_message_attributes(
+    attributes: &mut Vec<KeyValue>,
+    id: Option<Cow<'_, str>>,
+    conversation_id: Option<&str>,
+    body_size: Option<usize>,
+    partition_id: Option<Cow<'_, str>>,
+) {
+    if let Some(id) = id {
+        attributes.push(KeyValue::new(attr::MESSAGING_MESSAGE_ID, id.into_owned()));
+    }
+    if let Some(id) = conversation_id {
+        attributes.push(KeyValue::new(
+            attr::MESSAGING_MESSAGE_CONVERSATION_ID,
+            id.to_owned(),
+        ));
+    }
+    if let Some(size) = body_size {
+        attributes.push(KeyValue::new(
+            attr::MESSAGING_MESSAGE_BODY_SIZE,
+            i64::try_from(size).unwrap_or(i64::MAX),
+        ));
+    }
+    if let Some(partition) = partition_id {
+        attributes.push(KeyValue::new(
+            attr::MESSAGING_DESTINATION_PARTITION_ID,
+            partition.into_owned(),
+        ));
     }
 }
 
