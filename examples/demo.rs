@@ -6,6 +6,8 @@
 //! a tree: the producer traces with their `send` spans, the consumer traces with their `process`
 //! span, the handler's spans beneath it, and the link from each consumer trace back to the
 //! producer span it came from. Exits non-zero if any message was not linked to its producer.
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set (say, the Jaeger of `docker-compose.yml`), the same spans
+//! and the metrics are exported over OTLP as well.
 
 mod common;
 
@@ -18,7 +20,7 @@ use std::time::Duration;
 use opentelemetry::trace::{SpanId, TraceContextExt, TraceId, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use tokio::sync::{mpsc, Mutex};
 use tower::{service_fn, Service, ServiceExt};
 use tracelink::kafka::rdkafka::config::ClientConfig;
@@ -44,12 +46,14 @@ const ORDERS: [(&str, &str); 5] = [
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
-    // Spans stay in memory so the demo can print them; a `tracing` subscriber bridges
-    // `tracing` spans into the same provider.
+    // Spans stay in memory so the demo can print them (and go over OTLP too when
+    // OTEL_EXPORTER_OTLP_ENDPOINT is set); a `tracing` subscriber bridges `tracing` spans into
+    // the same provider.
     let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
+    let telemetry = common::init_with("tracelink-demo", |builder| {
+        builder.with_simple_exporter(exporter.clone())
+    })?;
+    let provider = telemetry.tracer_provider().clone();
     tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("demo")))
         .init();
@@ -142,7 +146,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
 
     let spans = exporter.get_finished_spans()?;
     let unlinked = print_traces(&spans);
-    let _ = provider.shutdown();
+    // Flushes the OTLP exports, if any, before `exit` skips the destructors.
+    drop(telemetry);
     if unlinked > 0 {
         eprintln!("\n{unlinked} message(s) were NOT linked to their producer span");
         std::process::exit(1);

@@ -623,7 +623,7 @@ impl Instrumentation {
         operation.started = Instant::now()
             .checked_sub(waited)
             .unwrap_or_else(Instant::now);
-        ReceiveSpan { operation }
+        ClientSpan { operation }
     }
 
     /// Starts a CLIENT settle span, `{operation_name} {destination}` (`ack`, `nack`, `delete`,
@@ -657,7 +657,7 @@ impl Instrumentation {
             &destination_name,
             &[None, None],
         );
-        SettleSpan {
+        ClientSpan {
             operation: Operation::new(self.clone(), parent.with_span(span), Some((metric, 0))),
         }
     }
@@ -913,43 +913,24 @@ impl Drop for Operation {
     }
 }
 
-/// A CLIENT settle span (`ack`, `nack`, `delete`, ...), from [`Instrumentation::settle_span`].
+/// A CLIENT span of a consumer: `receive` from [`Instrumentation::receive_span`], or a settle
+/// span (`ack`, `nack`, `delete`, ...) from [`Instrumentation::settle_span`].
 ///
-/// End it with [`end`](SettleSpan::end) or [`fail`](SettleSpan::fail); dropping it ends it as
+/// End it with [`end`](ClientSpan::end) or [`fail`](ClientSpan::fail); dropping it ends it as
 /// cancelled.
 #[derive(Debug)]
-pub struct SettleSpan {
+pub struct ClientSpan {
     operation: Operation,
 }
 
-impl SettleSpan {
-    /// The context holding the settle span.
-    pub fn context(&self) -> &Context {
-        self.operation.context()
-    }
+/// The CLIENT `receive` span of a pull consumer.
+pub type ReceiveSpan = ClientSpan;
 
-    /// Ends the span successfully.
-    pub fn end(self) {
-        self.operation.succeed(Vec::new());
-    }
+/// A CLIENT settle span.
+pub type SettleSpan = ClientSpan;
 
-    /// Ends the span with status Error and `error.type`.
-    pub fn fail(self, error_type: impl Into<Cow<'static, str>>) {
-        self.operation.fail(error_type.into());
-    }
-}
-
-/// The CLIENT `receive` span of a pull consumer, from [`Instrumentation::receive_span`].
-///
-/// End it with [`end`](ReceiveSpan::end) or [`fail`](ReceiveSpan::fail); dropping it ends it as
-/// cancelled.
-#[derive(Debug)]
-pub struct ReceiveSpan {
-    operation: Operation,
-}
-
-impl ReceiveSpan {
-    /// The context holding the receive span, to parent settle spans or the like.
+impl ClientSpan {
+    /// The context holding the span, to parent other spans on it.
     pub fn context(&self) -> &Context {
         self.operation.context()
     }

@@ -135,7 +135,7 @@ pub use consumer::{
 };
 pub use error_type::{ClassifyError, DefaultErrorType, ErrorType, TypeNameErrorType, OTHER_ERROR};
 pub use instrumentation::{
-    Instrumentation, InstrumentationBuilder, ReceiveSpan, SettleSpan, CANCELLED,
+    ClientSpan, Instrumentation, InstrumentationBuilder, ReceiveSpan, SettleSpan, CANCELLED,
 };
 pub use link_mode::LinkMode;
 pub use message::{
