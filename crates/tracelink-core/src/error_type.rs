@@ -46,8 +46,8 @@ impl ErrorType for tower::BoxError {
 /// Classifies an error of type `E` as an `error.type` value: the hook the layers use.
 ///
 /// Implemented by [`DefaultErrorType`] (for errors implementing [`ErrorType`]), by
-/// [`TypeNameErrorType`] (any error: its Rust type name), and by closures
-/// `Fn(&E) -> Cow<'static, str>`.
+/// [`TypeNameErrorType`] (any error: its Rust type name), by closures
+/// `Fn(&E) -> Cow<'static, str>`, and by `()` (every failure is `_OTHER`).
 pub trait ClassifyError<E> {
     /// The `error.type` value for `err`.
     fn classify(&self, err: &E) -> Cow<'static, str>;
@@ -71,6 +71,13 @@ pub struct TypeNameErrorType;
 impl<E> ClassifyError<E> for TypeNameErrorType {
     fn classify(&self, _err: &E) -> Cow<'static, str> {
         Cow::Borrowed(std::any::type_name::<E>())
+    }
+}
+
+/// Records no particular type: every failure is `_OTHER` (status Error is still set).
+impl<E> ClassifyError<E> for () {
+    fn classify(&self, _err: &E) -> Cow<'static, str> {
+        Cow::Borrowed(OTHER_ERROR)
     }
 }
 
@@ -105,5 +112,6 @@ mod tests {
         );
         let f = |_: &u8| Cow::Borrowed("custom");
         assert_eq!(f.classify(&1u8), "custom");
+        assert_eq!(ClassifyError::<u8>::classify(&(), &1u8), OTHER_ERROR);
     }
 }
