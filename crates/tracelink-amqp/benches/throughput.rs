@@ -5,16 +5,22 @@
 //!
 //! ```text
 //! cargo bench -p tracelink-amqp --bench throughput
+//! TRACELINK_BENCH_MESSAGES=20000 TRACELINK_BENCH_ROUNDS=5 cargo bench -p tracelink-amqp --bench throughput
 //! ```
 //!
-//! Every mode does the same work: one connection publishes `MESSAGES` 64-byte messages through
+//! Every mode does the same work: one connection publishes `TRACELINK_BENCH_MESSAGES` (default
+//! 10000) 64-byte messages through
 //! the default exchange, one after the other, without publisher confirms; another connection
 //! consumes them with a prefetch of `PREFETCH` and acks each after its (empty) handler. Spans go
 //! to a batch processor with an exporter that drops them; metrics go to the no-op global meter.
-//! Modes take turns over `ROUNDS` rounds (the order rotating); reported: the median rate of each
+//! Modes take turns over `TRACELINK_BENCH_ROUNDS` (default 9) rounds (the order rotating);
+//! reported: the median rate of each
 //! mode, and the median over rounds of traced/raw within the same round, which cancels most of
 //! the drift of a shared machine; and the client process's CPU time per message (all threads,
 //! from `/proc/self/task/*/schedstat`), which the broker's share of a small machine does not blur.
+//! The propagator is tracelink's `W3cTraceContextPropagator`, or the SDK's with
+//! `TRACELINK_BENCH_PROPAGATOR=sdk`. Besides the human-readable table it prints
+//! `TABLE amqp <sampling> <raw> <traced> <ratio>` lines, which `scripts/throughput` collects.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -34,10 +40,23 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporte
 use tokio::sync::Notify;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tracelink_amqp::{rabbitmq, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
+use tracelink_core::propagation::W3cTraceContextPropagator;
 use tracelink_core::{Instrumentation, ProducerLayer};
 
 const MESSAGES: usize = 10_000;
 const ROUNDS: usize = 9;
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Whether `TRACELINK_BENCH_PROPAGATOR=sdk` asks for the SDK's W3C propagator.
+fn sdk_propagator() -> bool {
+    std::env::var("TRACELINK_BENCH_PROPAGATOR").is_ok_and(|v| v == "sdk")
+}
 const PREFETCH: u16 = 256;
 const PAYLOAD: [u8; 64] = [b'x'; 64];
 
@@ -122,6 +141,7 @@ async fn run(
     producer: &Connection,
     consumer: &Connection,
     instr: Option<&Instrumentation>,
+    messages: usize,
 ) -> (f64, Option<f64>) {
     let publish_channel = producer.create_channel().await.expect("channel");
     let consume_channel = consumer_channel(consumer).await;
@@ -152,7 +172,7 @@ async fn run(
                         }
                         _ => BasicProperties::default(),
                     };
-                    for _ in 0..MESSAGES {
+                    for _ in 0..messages {
                         publish_channel
                             .basic_publish(
                                 "".into(),
@@ -171,7 +191,7 @@ async fn run(
                     let mut publisher = ServiceBuilder::new()
                         .layer(ProducerLayer::from(instr))
                         .service(AmqpPublisher::new(publish_channel.clone()));
-                    for _ in 0..MESSAGES {
+                    for _ in 0..messages {
                         let message = Publish::to_queue(queue.as_str().into(), &PAYLOAD[..]);
                         publisher
                             .ready()
@@ -190,7 +210,7 @@ async fn run(
     match instr {
         None => {
             let mut lapin_consumer = lapin_consumer;
-            for _ in 0..MESSAGES {
+            for _ in 0..messages {
                 let delivery = lapin_consumer
                     .next()
                     .await
@@ -207,7 +227,7 @@ async fn run(
                 let (seen, done) = (seen.clone(), done.clone());
                 service_fn(move |delivery: AmqpDelivery| {
                     std::hint::black_box(delivery.data());
-                    if seen.fetch_add(1, Ordering::Relaxed) + 1 == MESSAGES {
+                    if seen.fetch_add(1, Ordering::Relaxed) + 1 == messages {
                         done.notify_one();
                     }
                     async { Ok::<_, Infallible>(()) }
@@ -223,13 +243,13 @@ async fn run(
     let publish_channel = publishing.await.expect("publisher task");
     let cpu = process_cpu_seconds()
         .zip(cpu_started)
-        .map(|(end, start)| (end - start) * 1e6 / MESSAGES as f64);
+        .map(|(end, start)| (end - start) * 1e6 / messages as f64);
     let _ = publish_channel
         .queue_delete(queue.as_str().into(), Default::default())
         .await;
     let _ = consume_channel.close(200, "done".into()).await;
     let _ = publish_channel.close(200, "done".into()).await;
-    (MESSAGES as f64 / elapsed.as_secs_f64(), cpu)
+    (messages as f64 / elapsed.as_secs_f64(), cpu)
 }
 
 /// CPU time of this whole process (every thread: client, lapin's IO, span export) in seconds,
@@ -256,10 +276,13 @@ fn instrumentation(sampler: Sampler) -> (SdkTracerProvider, Instrumentation) {
         .with_sampler(sampler)
         .with_batch_exporter(DropExporter)
         .build();
-    let instr = Instrumentation::builder(rabbitmq(&url()))
-        .with_tracer_provider(&provider)
-        .with_propagator(TraceContextPropagator::new())
-        .build();
+    let builder = Instrumentation::builder(rabbitmq(&url())).with_tracer_provider(&provider);
+    let instr = if sdk_propagator() {
+        builder.with_propagator(TraceContextPropagator::new())
+    } else {
+        builder.with_propagator(W3cTraceContextPropagator::new())
+    }
+    .build();
     (provider, instr)
 }
 
@@ -271,6 +294,8 @@ fn main() {
         println!("throughput bench: run with `cargo bench -p tracelink-amqp --bench throughput`");
         return;
     }
+    let messages = env("TRACELINK_BENCH_MESSAGES", MESSAGES);
+    let rounds = env("TRACELINK_BENCH_ROUNDS", ROUNDS);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
         let producer = Connection::connect(&url(), ConnectionProperties::default())
@@ -283,13 +308,13 @@ fn main() {
         let (unsampled_provider, unsampled) = instrumentation(Sampler::AlwaysOff);
 
         // Warm-up: connections, queues, allocator.
-        run(Mode::Raw, 0, &producer, &consumer, None).await;
-        run(Mode::Sampled, 0, &producer, &consumer, Some(&sampled)).await;
+        run(Mode::Raw, 0, &producer, &consumer, None, messages).await;
+        run(Mode::Sampled, 0, &producer, &consumer, Some(&sampled), messages).await;
 
         let modes = [Mode::Raw, Mode::RawWithHeaders, Mode::Sampled, Mode::Unsampled];
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
-        for round in 1..=ROUNDS {
+        for round in 1..=rounds {
             // Rotate the order so no mode always runs first.
             for k in 0..modes.len() {
                 let i = (k + round) % modes.len();
@@ -298,14 +323,15 @@ fn main() {
                     Mode::Sampled => Some(&sampled),
                     Mode::Unsampled => Some(&unsampled),
                 };
-                let (rate, cpu_per_message) = run(modes[i], round, &producer, &consumer, instr).await;
+                let (rate, cpu_per_message) = run(modes[i], round, &producer, &consumer, instr, messages).await;
                 rates[i].push(rate);
                 cpu[i].extend(cpu_per_message);
             }
         }
         println!(
-            "publish + consume, {MESSAGES} x {} B messages, prefetch {PREFETCH}, {ROUNDS} rounds",
-            PAYLOAD.len()
+            "publish + consume, {messages} x {} B messages, prefetch {PREFETCH}, {rounds} rounds, {} propagator",
+            PAYLOAD.len(),
+            if sdk_propagator() { "SDK W3C" } else { "tracelink W3C" }
         );
         for (i, mode) in modes.iter().enumerate() {
             let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(t, r)| t / r).collect();
@@ -320,6 +346,15 @@ fn main() {
                     false => format!("{:.1} us/msg", median(cpu[i].clone())),
                 },
                 all.join(" ")
+            );
+        }
+        for (i, sampling) in [(2, "sampled"), (3, "unsampled")] {
+            let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(t, r)| t / r).collect();
+            println!(
+                "TABLE amqp {sampling} {:.0} {:.0} {:.3}",
+                median(rates[0].clone()),
+                median(rates[i].clone()),
+                median(ratios)
             );
         }
         let _ = sampled_provider.shutdown();

@@ -6,9 +6,17 @@
 //! TRACELINK_BENCH_MESSAGES=50000 TRACELINK_BENCH_ROUNDS=5 cargo bench -p tracelink-kafka --bench throughput
 //! ```
 //!
-//! Each round publishes N 64-byte messages (up to 1024 in flight), then consumes them in a fresh
-//! group (timed from the first message, so the ~3 s group join is not counted). Rounds of the
-//! three variants are interleaved; the best round of each is reported.
+//! Each round publishes N (`TRACELINK_BENCH_MESSAGES`, default 20000) 64-byte messages (up to
+//! 1024 in flight), then consumes them in a fresh group (timed from the first message, so the
+//! ~3 s group join is not counted). The end-to-end rate of a round is N / (produce time + consume
+//! time). Rounds (`TRACELINK_BENCH_ROUNDS`, default 5) of the three variants are interleaved, the
+//! order rotating; reported are the medians, and traced/raw as the median of the per-round
+//! ratios. Sampled spans go through a batch processor into an exporter that discards them;
+//! unsampled use `Sampler::AlwaysOff`. The propagator is tracelink's
+//! `W3cTraceContextPropagator`, or the SDK's with `TRACELINK_BENCH_PROPAGATOR=sdk`.
+//!
+//! Besides the human-readable table it prints `TABLE kafka <sampling> <raw> <traced> <ratio>`
+//! lines, which `scripts/throughput` collects.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::convert::Infallible;
@@ -18,8 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::mocking::MockCluster;
@@ -28,12 +37,29 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use tokio::sync::oneshot;
 use tower::{service_fn, Service, ServiceExt};
+use tracelink_core::propagation::W3cTraceContextPropagator;
 use tracelink_core::Instrumentation;
 use tracelink_kafka::{
     consumer_config, messaging_system, ConsumeLoop, KafkaMessage, KafkaProducer, KafkaRecord,
 };
 
 const IN_FLIGHT: usize = 1024;
+
+/// Discards every span: what sampling costs the process without the cost of a real export.
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        black_box(batch);
+        Ok(())
+    }
+}
+
+/// Whether `TRACELINK_BENCH_PROPAGATOR=sdk` asks for the SDK's W3C propagator.
+fn sdk_propagator() -> bool {
+    std::env::var("TRACELINK_BENCH_PROPAGATOR").is_ok_and(|v| v == "sdk")
+}
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Variant {
@@ -57,10 +83,13 @@ fn producer_config(brokers: &str) -> ClientConfig {
 }
 
 fn instrumentation(config: &ClientConfig, provider: &SdkTracerProvider) -> Instrumentation {
-    Instrumentation::builder(messaging_system(config))
-        .with_tracer_provider(provider)
-        .with_propagator(TraceContextPropagator::new())
-        .build()
+    let builder = Instrumentation::builder(messaging_system(config)).with_tracer_provider(provider);
+    if sdk_propagator() {
+        builder.with_propagator(TraceContextPropagator::new())
+    } else {
+        builder.with_propagator(W3cTraceContextPropagator::new())
+    }
+    .build()
 }
 
 async fn round(
@@ -77,7 +106,7 @@ async fn round(
             Variant::Unsampled => Sampler::AlwaysOff,
             _ => Sampler::AlwaysOn,
         })
-        .with_batch_exporter(InMemorySpanExporter::default())
+        .with_batch_exporter(Discard)
         .build();
     let config = producer_config(&brokers);
     let payload = vec![b'x'; 64];
@@ -196,7 +225,7 @@ fn layer_only(sampler: Sampler, iterations: u32) -> f64 {
 
     let provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
-        .with_batch_exporter(InMemorySpanExporter::default())
+        .with_batch_exporter(Discard)
         .build();
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", "127.0.0.1:9092");
@@ -242,7 +271,7 @@ fn main() {
     let rounds: usize = std::env::var("TRACELINK_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     // `cargo test --benches` runs benches with `--bench` absent: keep that quick.
     let (n, rounds) = if std::env::args().any(|a| a == "--bench") {
         (n, rounds)
@@ -280,33 +309,77 @@ fn main() {
     runtime.block_on(async {
         let cluster = MockCluster::new(1).unwrap();
         let variants = [Variant::Raw, Variant::Sampled, Variant::Unsampled];
-        let mut best: Vec<Option<(Duration, Duration)>> = vec![None; variants.len()];
+        let mut results: Vec<Vec<Round>> = variants.iter().map(|_| Vec::new()).collect();
+        // Warm-up (not counted): the mock cluster's first topics and connections are slower.
+        for variant in variants {
+            round(variant, &cluster, n.min(5_000), usize::MAX).await;
+        }
         for index in 0..rounds {
-            for (slot, variant) in variants.iter().enumerate() {
-                let r = round(*variant, &cluster, n, index).await;
-                let b = best[slot].get_or_insert((r.produce, r.consume));
-                b.0 = b.0.min(r.produce);
-                b.1 = b.1.min(r.consume);
+            // Rotate the order so no variant always runs first.
+            for k in 0..variants.len() {
+                let slot = (k + index) % variants.len();
+                let r = round(variants[slot], &cluster, n, index).await;
+                println!(
+                    "round {index} {:<9}: produce {:>8.0} msg/s, consume {:>9.0} msg/s, end to end {:>8.0} msg/s",
+                    format!("{:?}", variants[slot]).to_lowercase(),
+                    n as f64 / r.produce.as_secs_f64(),
+                    n as f64 / r.consume.as_secs_f64(),
+                    n as f64 / (r.produce + r.consume).as_secs_f64(),
+                );
+                results[slot].push(r);
             }
         }
         let rate = |d: Duration| n as f64 / d.as_secs_f64();
-        let (raw_p, raw_c) = best[0].unwrap();
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let produce = |slot: usize| median(results[slot].iter().map(|r| rate(r.produce)).collect());
+        let consume = |slot: usize| median(results[slot].iter().map(|r| rate(r.consume)).collect());
+        let end_to_end = |r: &Round| rate(r.produce + r.consume);
+        let e2e = |slot: usize| median(results[slot].iter().map(end_to_end).collect());
+        // traced/raw within each round, then the median over rounds.
+        let ratio = |slot: usize| {
+            median(
+                results[slot]
+                    .iter()
+                    .zip(&results[0])
+                    .map(|(t, r)| end_to_end(t) / end_to_end(r))
+                    .collect(),
+            )
+        };
         println!(
-            "kafka mock cluster, {n} messages x {rounds} rounds (best round), 64-byte payloads"
+            "kafka mock cluster, {n} messages x {rounds} rounds (medians), 64-byte payloads, {} propagator",
+            if sdk_propagator() { "SDK W3C" } else { "tracelink W3C" }
         );
         println!(
-            "{:<10} {:>14} {:>14} {:>12} {:>12}",
-            "variant", "produce msg/s", "consume msg/s", "produce/raw", "consume/raw"
+            "{:<10} {:>14} {:>14} {:>12} {:>12} {:>12} {:>10}",
+            "variant",
+            "produce msg/s",
+            "consume msg/s",
+            "produce/raw",
+            "consume/raw",
+            "e2e msg/s",
+            "e2e/raw"
         );
         for (slot, variant) in variants.iter().enumerate() {
-            let (p, c) = best[slot].unwrap();
             println!(
-                "{:<10} {:>14.0} {:>14.0} {:>12.3} {:>12.3}",
+                "{:<10} {:>14.0} {:>14.0} {:>12.3} {:>12.3} {:>12.0} {:>10.3}",
                 format!("{variant:?}").to_lowercase(),
-                rate(p),
-                rate(c),
-                raw_p.as_secs_f64() / p.as_secs_f64(),
-                raw_c.as_secs_f64() / c.as_secs_f64(),
+                produce(slot),
+                consume(slot),
+                produce(slot) / produce(0),
+                consume(slot) / consume(0),
+                e2e(slot),
+                ratio(slot),
+            );
+        }
+        for (slot, sampling) in [(1, "sampled"), (2, "unsampled")] {
+            println!(
+                "TABLE kafka {sampling} {:.0} {:.0} {:.3}",
+                e2e(0),
+                e2e(slot),
+                ratio(slot)
             );
         }
     });

@@ -3,13 +3,18 @@
 //!
 //! ```text
 //! cargo bench -p tracelink-nats --bench throughput
+//! TRACELINK_BENCH_MESSAGES=100000 TRACELINK_BENCH_ROUNDS=7 cargo bench -p tracelink-nats --bench throughput
 //! ```
 //!
-//! One process publishes `BENCH_MESSAGES` (default 200000) 64-byte messages to a fresh subject
+//! One process publishes `TRACELINK_BENCH_MESSAGES` (default 200000) 64-byte messages to a fresh subject
 //! on the NATS server at `NATS_URL` (default `nats://127.0.0.1:4222`) while a subscriber in the
 //! same process receives them; the time runs from the first publish until the last message was
-//! handled. Each variant runs `BENCH_ROUNDS` (default 5) times, interleaved; the best round counts.
-//! Sampled spans go through a batch span processor to an exporter that discards them.
+//! handled. Each variant runs `TRACELINK_BENCH_ROUNDS` (default 5) times, interleaved (the order
+//! rotating); reported are the median rates, and traced/raw as the median of the per-round
+//! ratios. Sampled spans go through a batch span processor to an exporter that discards them;
+//! unsampled use `Sampler::AlwaysOff`. The propagator is tracelink's `W3cTraceContextPropagator`,
+//! or the SDK's with `TRACELINK_BENCH_PROPAGATOR=sdk`. Besides the human-readable table it prints
+//! `TABLE nats <sampling> <raw> <traced> <ratio>` lines, which `scripts/throughput` collects.
 //!
 //! A fourth variant, raw async-nats sending a `traceparent` header with every message, shows
 //! what carrying the context costs the client and the server before any instrumentation runs.
@@ -25,6 +30,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tower::{service_fn, Layer, Service, ServiceExt};
+use tracelink_core::propagation::W3cTraceContextPropagator;
 use tracelink_core::{ConsumerLayer, Instrumentation};
 use tracelink_nats::{Bytes, Delivery, Publish, Publisher, Subscription};
 
@@ -45,6 +51,11 @@ enum Variant {
     RawWithHeader,
     TracedUnsampled,
     TracedSampled,
+}
+
+/// Whether `TRACELINK_BENCH_PROPAGATOR=sdk` asks for the SDK's W3C propagator.
+fn sdk_propagator() -> bool {
+    std::env::var("TRACELINK_BENCH_PROPAGATOR").is_ok_and(|v| v == "sdk")
 }
 
 static SUBJECTS: AtomicU64 = AtomicU64::new(0);
@@ -88,10 +99,14 @@ async fn run(client: &async_nats::Client, variant: Variant, count: u64) -> (f64,
             .with_sampler(Sampler::AlwaysOff)
             .build(),
     };
-    let instrumentation = Instrumentation::builder(tracelink_nats::system("nats://127.0.0.1:4222"))
-        .with_tracer_provider(&provider)
-        .with_propagator(TraceContextPropagator::new())
-        .build();
+    let builder = Instrumentation::builder(tracelink_nats::system("nats://127.0.0.1:4222"))
+        .with_tracer_provider(&provider);
+    let instrumentation = if sdk_propagator() {
+        builder.with_propagator(TraceContextPropagator::new())
+    } else {
+        builder.with_propagator(W3cTraceContextPropagator::new())
+    }
+    .build();
 
     let raw = matches!(variant, Variant::Raw | Variant::RawWithHeader);
     let consumer = if raw {
@@ -171,11 +186,18 @@ async fn run(client: &async_nats::Client, variant: Variant, count: u64) -> (f64,
     )
 }
 
+/// `TRACELINK_BENCH_<name>`, else the older `BENCH_<name>`, else `default`.
 fn env(name: &str, default: u64) -> u64 {
-    std::env::var(name)
+    std::env::var(format!("TRACELINK_BENCH_{name}"))
+        .or_else(|_| std::env::var(format!("BENCH_{name}")))
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 fn main() {
@@ -184,9 +206,9 @@ fn main() {
     let count = if quick {
         1000
     } else {
-        env("BENCH_MESSAGES", 200_000)
+        env("MESSAGES", 200_000)
     };
-    let rounds = if quick { 1 } else { env("BENCH_ROUNDS", 5) };
+    let rounds = if quick { 1 } else { env("ROUNDS", 5) };
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -202,37 +224,51 @@ fn main() {
             Variant::TracedUnsampled,
             Variant::TracedSampled,
         ];
-        let mut best = [0.0f64; 4];
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
         let mut dropped = [0u64; 4];
         for round in 0..rounds {
-            for (i, variant) in variants.iter().enumerate() {
-                let (rate, lost) = run(&client, *variant, count).await;
+            // Rotate the order so no variant always runs first.
+            for k in 0..variants.len() {
+                let i = (k + round as usize) % variants.len();
+                let variant = variants[i];
+                let (rate, lost) = run(&client, variant, count).await;
                 println!("round {round} {variant:?}: {rate:.0} msg/s ({lost} dropped)");
-                if rate > best[i] {
-                    best[i] = rate;
-                }
+                rates[i].push(rate);
                 dropped[i] += lost;
             }
         }
+        // traced/raw within each round, then the median over rounds.
+        let ratio = |i: usize| median(rates[i].iter().zip(&rates[0]).map(|(t, r)| t / r).collect());
+        let med = |i: usize| median(rates[i].clone());
         println!();
-        println!("{count} messages of 64 bytes, best of {rounds} rounds, end to end:");
+        println!(
+            "{count} messages of 64 bytes, medians of {rounds} rounds, end to end, {} propagator:",
+            if sdk_propagator() {
+                "SDK W3C"
+            } else {
+                "tracelink W3C"
+            }
+        );
         for (i, variant) in variants.iter().enumerate() {
             println!(
                 "  {variant:?}: {:.0} msg/s ({} dropped in all rounds)",
-                best[i], dropped[i]
+                med(i),
+                dropped[i]
             );
         }
-        println!(
-            "  traced/raw unsampled: {:.2}  (target >= 0.85)",
-            best[2] / best[0]
-        );
-        println!(
-            "  traced/raw sampled:   {:.2}  (target >= 0.60)",
-            best[3] / best[0]
-        );
+        println!("  traced/raw unsampled: {:.2}  (target >= 0.85)", ratio(2));
+        println!("  traced/raw sampled:   {:.2}  (target >= 0.60)", ratio(3));
         println!(
             "  raw with a traceparent header / raw: {:.2}  (the cost of carrying the header)",
-            best[1] / best[0]
+            ratio(1)
         );
+        for (i, sampling) in [(3, "sampled"), (2, "unsampled")] {
+            println!(
+                "TABLE nats {sampling} {:.0} {:.0} {:.3}",
+                med(0),
+                med(i),
+                ratio(i)
+            );
+        }
     });
 }

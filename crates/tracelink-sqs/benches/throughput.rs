@@ -3,14 +3,21 @@
 //!
 //! ```text
 //! cargo bench -p tracelink-sqs --bench throughput
+//! TRACELINK_BENCH_MESSAGES=200 TRACELINK_BENCH_ROUNDS=5 cargo bench -p tracelink-sqs --bench throughput
 //! ```
 //!
-//! Each round sends `MESSAGES` messages (one `SendMessage` each, or `SendMessageBatch` of 10),
-//! then receives and deletes them (`ReceiveMessage` of 10, `DeleteMessageBatch`). Raw and
-//! traced rounds alternate (and alternate which goes first) on fresh queues so drift in the
-//! emulator hits both alike; the median of the per-round ratios resists a noisy machine. The
-//! emulator bounds absolute speed; the traced/raw ratio is the number that counts. Spans are
-//! recorded (sampled) by an SDK tracer provider without exporter.
+//! Each round sends `TRACELINK_BENCH_MESSAGES` (default 100, a multiple of 10) messages (one
+//! `SendMessage` each, or `SendMessageBatch` of 10), then receives and deletes them
+//! (`ReceiveMessage` of 10, `DeleteMessageBatch`). Raw, traced-sampled and traced-unsampled runs
+//! take turns (the order rotating) on fresh queues over `TRACELINK_BENCH_ROUNDS` (default 7)
+//! rounds so drift in the emulator hits all alike; reported are the median rates and the median
+//! of the per-round traced/raw ratios, which resists a noisy machine. The emulator bounds
+//! absolute speed; the traced/raw ratio is the number that counts. Sampled spans go through a
+//! batch processor into an exporter that discards them; unsampled use `Sampler::AlwaysOff`. The
+//! propagator is tracelink's `W3cTraceContextPropagator` (with the SDK's baggage propagator), or
+//! the SDK's trace-context one with `TRACELINK_BENCH_PROPAGATOR=sdk`. Besides the human-readable
+//! lines it prints `TABLE sqs <sampling> <raw> <traced> <ratio>` lines (for `SendMessage`), which
+//! `scripts/throughput` collects.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,14 +28,44 @@ use aws_sdk_sqs::config::{Credentials, Region};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
 use aws_sdk_sqs::Client;
 use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tower::{service_fn, Service, ServiceExt};
+use tracelink_core::propagation::W3cTraceContextPropagator;
 use tracelink_core::Instrumentation;
 use tracelink_sqs::{messaging_system, ReceivedMessage, SendRequest, SqsConsumer, SqsSender};
 
 const MESSAGES: usize = 100;
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 7;
+
+/// Discards every span: what sampling costs the process without the cost of a real export.
+#[derive(Debug)]
+struct Discard;
+
+impl SpanExporter for Discard {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        std::hint::black_box(batch);
+        Ok(())
+    }
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Whether `TRACELINK_BENCH_PROPAGATOR=sdk` asks for the SDK's W3C propagator.
+fn sdk_propagator() -> bool {
+    std::env::var("TRACELINK_BENCH_PROPAGATOR").is_ok_and(|v| v == "sdk")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
 const BODY: &str = "0123456789012345678901234567890123456789012345678901234567890123";
 
 #[derive(Clone, Copy, PartialEq)]
@@ -50,11 +87,11 @@ async fn queue(client: &Client, tag: &str, round: usize) -> String {
         .to_owned()
 }
 
-async fn raw_round(client: &Client, url: &str, mode: Mode) -> Duration {
+async fn raw_round(client: &Client, url: &str, mode: Mode, messages: usize) -> Duration {
     let start = Instant::now();
     match mode {
         Mode::Single => {
-            for _ in 0..MESSAGES {
+            for _ in 0..messages {
                 client
                     .send_message()
                     .queue_url(url)
@@ -65,7 +102,7 @@ async fn raw_round(client: &Client, url: &str, mode: Mode) -> Duration {
             }
         }
         Mode::Batch => {
-            for chunk in 0..MESSAGES / 10 {
+            for chunk in 0..messages / 10 {
                 let entries = (0..10)
                     .map(|i| {
                         SendMessageBatchRequestEntry::builder()
@@ -86,7 +123,7 @@ async fn raw_round(client: &Client, url: &str, mode: Mode) -> Duration {
         }
     }
     let mut received = 0;
-    while received < MESSAGES {
+    while received < messages {
         let out = client
             .receive_message()
             .queue_url(url)
@@ -128,13 +165,14 @@ async fn traced_round(
     url: &str,
     mode: Mode,
     instrumentation: &Instrumentation,
+    messages: usize,
 ) -> Duration {
     let start = Instant::now();
     let sender = SqsSender::new(client.clone(), instrumentation.clone());
     match mode {
         Mode::Single => {
             let mut send = sender.traced();
-            for _ in 0..MESSAGES {
+            for _ in 0..messages {
                 send.ready()
                     .await
                     .unwrap()
@@ -145,7 +183,7 @@ async fn traced_round(
         }
         Mode::Batch => {
             let mut send = sender.traced_batch();
-            for _ in 0..MESSAGES / 10 {
+            for _ in 0..messages / 10 {
                 let batch = (0..10).map(|_| SendRequest::new(url, BODY)).collect();
                 send.ready().await.unwrap().call(batch).await.unwrap();
             }
@@ -157,17 +195,51 @@ async fn traced_round(
             Ok::<_, Infallible>(())
         }));
     let mut received = 0;
-    while received < MESSAGES {
+    while received < messages {
         received += consumer.poll().await.unwrap().deleted;
     }
     start.elapsed()
 }
 
-fn rate(total: Duration, rounds: usize) -> f64 {
-    (MESSAGES * rounds) as f64 / total.as_secs_f64()
+fn rate(elapsed: Duration, messages: usize) -> f64 {
+    messages as f64 / elapsed.as_secs_f64()
+}
+
+fn instrumentation(endpoint: &str, provider: &SdkTracerProvider) -> Instrumentation {
+    let builder = Instrumentation::builder(messaging_system(Some(endpoint), None))
+        .with_tracer_provider(provider);
+    if sdk_propagator() {
+        builder.with_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(TraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]))
+    } else {
+        builder.with_propagator(TextMapCompositePropagator::new(vec![
+            Box::new(W3cTraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]))
+    }
+    .build()
+}
+
+fn provider(sampler: Sampler) -> SdkTracerProvider {
+    SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_batch_exporter(Discard)
+        .build()
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this with a tiny count.
+    let quick = std::env::args().all(|a| a != "--bench");
+    let (messages, rounds) = if quick {
+        (10, 1)
+    } else {
+        (
+            env("TRACELINK_BENCH_MESSAGES", MESSAGES).max(10) / 10 * 10,
+            env("TRACELINK_BENCH_ROUNDS", ROUNDS).max(1),
+        )
+    };
     let endpoint =
         std::env::var("AWS_ENDPOINT_URL").unwrap_or_else(|_| "http://127.0.0.1:5000".into());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -182,49 +254,55 @@ fn main() {
             .load()
             .await;
         let client = Client::new(&config);
-        let provider = SdkTracerProvider::builder().build();
-        let instrumentation = Instrumentation::builder(messaging_system(Some(&endpoint), None))
-            .with_tracer_provider(&provider)
-            .with_propagator(TextMapCompositePropagator::new(vec![
-                Box::new(TraceContextPropagator::new()),
-                Box::new(BaggagePropagator::new()),
-            ]))
-            .build();
+        let sampled_provider = provider(Sampler::AlwaysOn);
+        let unsampled_provider = provider(Sampler::AlwaysOff);
+        let sampled = instrumentation(&endpoint, &sampled_provider);
+        let unsampled = instrumentation(&endpoint, &unsampled_provider);
+        let variants: [(&str, Option<&Instrumentation>); 3] = [
+            ("raw", None),
+            ("sampled", Some(&sampled)),
+            ("unsampled", Some(&unsampled)),
+        ];
 
-        println!("SQS send + receive + delete at {endpoint}, {MESSAGES} messages x {ROUNDS} rounds per variant");
+        println!(
+            "SQS send + receive + delete at {endpoint}, {messages} messages x {rounds} rounds per variant, {} propagator",
+            if sdk_propagator() { "SDK W3C" } else { "tracelink W3C" }
+        );
         for (mode, label) in [(Mode::Single, "SendMessage"), (Mode::Batch, "SendMessageBatch")] {
             // Warm-up: connections, queue creation paths.
             let url = queue(&client, "warm", mode as usize).await;
-            raw_round(&client, &url, mode).await;
-            traced_round(&client, &url, mode, &instrumentation).await;
+            raw_round(&client, &url, mode, messages).await;
+            traced_round(&client, &url, mode, &sampled, messages).await;
             let _ = client.delete_queue().queue_url(&url).send().await;
-            let (mut raw, mut traced) = (Duration::ZERO, Duration::ZERO);
-            let mut ratios = Vec::with_capacity(ROUNDS);
-            for round in 0..ROUNDS {
-                // Alternate which variant goes first, so a trend in the emulator's speed
-                // favours neither.
-                let mut pair = [Duration::ZERO; 2];
-                for variant in [round % 2, 1 - round % 2] {
-                    let url = queue(&client, &format!("v{variant}m{}", mode as usize), round).await;
-                    pair[variant] = if variant == 0 {
-                        raw_round(&client, &url, mode).await
-                    } else {
-                        traced_round(&client, &url, mode, &instrumentation).await
+            let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+            for round in 0..rounds {
+                // Rotate which variant goes first, so a trend in the emulator's speed favours
+                // none.
+                for k in 0..variants.len() {
+                    let v = (k + round) % variants.len();
+                    let url = queue(&client, &format!("v{v}m{}", mode as usize), round).await;
+                    let elapsed = match variants[v].1 {
+                        None => raw_round(&client, &url, mode, messages).await,
+                        Some(instr) => traced_round(&client, &url, mode, instr, messages).await,
                     };
+                    rates[v].push(rate(elapsed, messages));
                     // Keep the emulator's state small.
                     let _ = client.delete_queue().queue_url(&url).send().await;
                 }
-                raw += pair[0];
-                traced += pair[1];
-                ratios.push(pair[0].as_secs_f64() / pair[1].as_secs_f64());
             }
-            ratios.sort_by(f64::total_cmp);
-            let median = ratios[ROUNDS / 2];
-            let (raw, traced) = (rate(raw, ROUNDS), rate(traced, ROUNDS));
-            println!(
-                "{label:>16}: raw {raw:7.0} msg/s   traced {traced:7.0} msg/s   traced/raw {:.3} (median of rounds {median:.3})",
-                traced / raw
-            );
+            let raw = median(rates[0].clone());
+            for (v, (name, _)) in variants.iter().enumerate().skip(1) {
+                let ratio = median(rates[v].iter().zip(&rates[0]).map(|(t, r)| t / r).collect());
+                let traced = median(rates[v].clone());
+                println!(
+                    "{label:>16} {name:<9}: raw {raw:7.0} msg/s   traced {traced:7.0} msg/s   traced/raw (median of rounds) {ratio:.3}"
+                );
+                if mode == Mode::Single {
+                    println!("TABLE sqs {name} {raw:.0} {traced:.0} {ratio:.3}");
+                }
+            }
         }
+        let _ = sampled_provider.shutdown();
+        let _ = unsampled_provider.shutdown();
     });
 }
