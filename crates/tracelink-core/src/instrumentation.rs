@@ -213,46 +213,62 @@ impl Instrumentation {
         ));
     }
 
-    /// The cached metric attribute set of an operation; `name` is the destination's name value,
-    /// shared with the span, and `consumer` the consumer group and subscription attributes.
-    fn metric_set(
+    /// The cached metric attribute set of an operation, and the values its span shares with it:
+    /// `messaging.destination.name` and the consumer group and subscription attributes (taken
+    /// from the cached set, so a message on a known destination allocates none of them).
+    fn metric_values(
         &self,
         kind: MetricKind,
         operation_name: &'static str,
         destination: &Destination<'_>,
-        name: &Value,
-        consumer: &[Option<KeyValue>; 2],
-    ) -> Arc<MetricSet> {
+        group: Option<&str>,
+        subscription: Option<&str>,
+    ) -> (Arc<MetricSet>, Value, [Option<KeyValue>; 2]) {
         // Metrics must stay low-cardinality: prefer the template over a per-request name.
         let metric_name = destination.template.unwrap_or(destination.name);
-        fn text(kv: &Option<KeyValue>) -> Option<&str> {
-            match kv.as_ref().map(|kv| &kv.value) {
-                Some(Value::String(s)) => Some(s.as_str()),
-                _ => None,
-            }
-        }
         let key = SetKey {
             kind,
             operation: operation_name,
             destination: metric_name,
-            group: text(&consumer[0]),
-            subscription: text(&consumer[1]),
+            group,
+            subscription,
         };
-        self.inner.metrics.set(key, || {
+        let set = self.inner.metrics.set(key, || {
             let mut attributes = Vec::with_capacity(self.inner.common.len() + 4);
             attributes.extend(self.inner.common.iter().cloned());
             attributes.push(KeyValue::new(
                 attr::MESSAGING_OPERATION_NAME,
                 operation_name,
             ));
-            let name = match destination.template {
-                Some(template) => shared(template),
-                None => name.clone(),
-            };
-            attributes.push(KeyValue::new(attr::MESSAGING_DESTINATION_NAME, name));
-            attributes.extend(consumer.iter().flatten().cloned());
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_DESTINATION_NAME,
+                shared(metric_name),
+            ));
+            if let Some(group) = group {
+                attributes.push(KeyValue::new(
+                    attr::MESSAGING_CONSUMER_GROUP_NAME,
+                    shared(group),
+                ));
+            }
+            if let Some(subscription) = subscription {
+                attributes.push(KeyValue::new(
+                    attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME,
+                    shared(subscription),
+                ));
+            }
             attributes
-        })
+        });
+        let name = match destination.template {
+            None => set.destination().clone(),
+            Some(_) => shared(destination.name),
+        };
+        let consumer = [
+            set.group()
+                .map(|g| KeyValue::new(attr::MESSAGING_CONSUMER_GROUP_NAME, g.clone())),
+            set.subscription()
+                .map(|s| KeyValue::new(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, s.clone())),
+        ];
+        (set, name, consumer)
     }
 
     /// Starts the PRODUCER span for `message` (child of the current context) and injects its
@@ -270,24 +286,23 @@ impl Instrumentation {
         };
         let destination = message.destination();
         let name = inner.span_name.render(operation_name, &destination);
-        let destination_name = shared(destination.name);
+        let (metric, destination_name) = match operation {
+            PublishOperation::Send => {
+                let (set, name, _) = self.metric_values(
+                    MetricKind::Publish,
+                    operation_name,
+                    &destination,
+                    None,
+                    None,
+                );
+                (Some((set, 1)), name)
+            }
+            PublishOperation::Create => (None, shared(destination.name)),
+        };
         // Attributes samplers may need go in at span start; the rest only when recording.
         let mut attributes = Vec::with_capacity(10);
         self.operation_attributes(&mut attributes, operation_type, operation_name);
         self.destination_attributes(&mut attributes, &destination, &destination_name);
-        let metric = match operation {
-            PublishOperation::Send => Some((
-                self.metric_set(
-                    MetricKind::Publish,
-                    operation_name,
-                    &destination,
-                    &destination_name,
-                    &[None, None],
-                ),
-                1,
-            )),
-            PublishOperation::Create => None,
-        };
         let builder = inner
             .tracer
             .span_builder(name)
@@ -331,7 +346,8 @@ impl Instrumentation {
         };
         let mut attributes = Vec::with_capacity(12);
         self.operation_attributes(&mut attributes, "send", operation_name);
-        let destination_name = shared(destination.name);
+        let (metric, destination_name, _) =
+            self.metric_values(MetricKind::Publish, operation_name, destination, None, None);
         self.destination_attributes(&mut attributes, destination, &destination_name);
         if let Some(client_id) = &inner.client_id {
             attributes.push(client_id.clone());
@@ -348,13 +364,6 @@ impl Instrumentation {
             .with_kind(kind)
             .with_attributes(attributes);
         let span = inner.tracer.build_with_context(builder, parent);
-        let metric = self.metric_set(
-            MetricKind::Publish,
-            operation_name,
-            destination,
-            &destination_name,
-            &[None, None],
-        );
         Operation::new(
             self.clone(),
             parent.with_span(span),
@@ -407,19 +416,6 @@ impl Instrumentation {
         message.attributes(attributes);
     }
 
-    /// `messaging.consumer.group.name` and `messaging.destination.subscription.name`, shared by
-    /// the span and the metrics.
-    fn consumer_keys<M: IncomingMessage + ?Sized>(&self, message: &M) -> [Option<KeyValue>; 2] {
-        [
-            message
-                .consumer_group()
-                .map(|g| KeyValue::new(attr::MESSAGING_CONSUMER_GROUP_NAME, shared(g))),
-            message
-                .subscription_name()
-                .map(|s| KeyValue::new(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME, shared(s))),
-        ]
-    }
-
     fn consumer_attributes(&self, keys: &[Option<KeyValue>; 2], attributes: &mut Vec<KeyValue>) {
         attributes.extend(keys.iter().flatten().cloned());
         if let Some(client_id) = &self.inner.client_id {
@@ -460,17 +456,15 @@ impl Instrumentation {
         self.operation_attributes(&mut attributes, "process", "process");
         let (producer, baggage) = self.read_message(message, &mut attributes);
         let destination = message.destination();
-        let destination_name = shared(destination.name);
-        self.destination_attributes(&mut attributes, &destination, &destination_name);
-        let consumer_keys = self.consumer_keys(message);
-        self.consumer_attributes(&consumer_keys, &mut attributes);
-        let metric = self.metric_set(
+        let (metric, destination_name, consumer_keys) = self.metric_values(
             MetricKind::Process,
             "process",
             &destination,
-            &destination_name,
-            &consumer_keys,
+            message.consumer_group(),
+            message.subscription_name(),
         );
+        self.destination_attributes(&mut attributes, &destination, &destination_name);
+        self.consumer_attributes(&consumer_keys, &mut attributes);
         let parent = self.process_parent(&ambient, producer.as_ref());
         let mut builder = inner
             .tracer
@@ -502,9 +496,14 @@ impl Instrumentation {
         let destination = first.destination();
         let mut attributes = Vec::with_capacity(12);
         self.operation_attributes(&mut attributes, "process", "process");
-        let destination_name = shared(destination.name);
+        let (metric, destination_name, consumer_keys) = self.metric_values(
+            MetricKind::Process,
+            "process",
+            &destination,
+            first.consumer_group(),
+            first.subscription_name(),
+        );
         self.destination_attributes(&mut attributes, &destination, &destination_name);
-        let consumer_keys = self.consumer_keys(first);
         self.consumer_attributes(&consumer_keys, &mut attributes);
         if messages.len() > 1 {
             attributes.push(KeyValue::new(
@@ -513,13 +512,6 @@ impl Instrumentation {
             ));
         }
         let links = self.links(messages);
-        let metric = self.metric_set(
-            MetricKind::Process,
-            "process",
-            &destination,
-            &destination_name,
-            &consumer_keys,
-        );
         let builder = inner
             .tracer
             .span_builder(inner.span_name.render("process", &destination))
@@ -557,11 +549,10 @@ impl Instrumentation {
         messages: &[M],
     ) -> Option<ReceiveSpan> {
         let first = messages.first()?;
-        let consumer_keys = self.consumer_keys(first);
         Some(self.start_receive(
             destination,
             started,
-            consumer_keys,
+            [first.consumer_group(), first.subscription_name()],
             messages.len(),
             self.links(messages),
         ))
@@ -584,7 +575,7 @@ impl Instrumentation {
         &self,
         destination: Destination<'_>,
         started: SystemTime,
-        consumer_keys: [Option<KeyValue>; 2],
+        [group, subscription]: [Option<&str>; 2],
         count: usize,
         links: Vec<Link>,
     ) -> ReceiveSpan {
@@ -592,7 +583,13 @@ impl Instrumentation {
         let ambient = Context::current();
         let mut attributes = Vec::with_capacity(12);
         self.operation_attributes(&mut attributes, "receive", "receive");
-        let destination_name = shared(destination.name);
+        let (metric, destination_name, consumer_keys) = self.metric_values(
+            MetricKind::Receive,
+            "receive",
+            &destination,
+            group,
+            subscription,
+        );
         self.destination_attributes(&mut attributes, &destination, &destination_name);
         self.consumer_attributes(&consumer_keys, &mut attributes);
         if count > 1 {
@@ -609,13 +606,6 @@ impl Instrumentation {
             .with_attributes(attributes)
             .with_links(links);
         let span = inner.tracer.build_with_context(builder, &ambient);
-        let metric = self.metric_set(
-            MetricKind::Receive,
-            "receive",
-            &destination,
-            &destination_name,
-            &consumer_keys,
-        );
         let mut operation =
             Operation::new(self.clone(), ambient.with_span(span), Some((metric, 0)));
         // The poll started before we were called; measure from there.
@@ -641,7 +631,13 @@ impl Instrumentation {
         let inner = &*self.inner;
         let mut all = Vec::with_capacity(8 + attributes.len());
         self.operation_attributes(&mut all, "settle", operation_name);
-        let destination_name = shared(destination.name);
+        let (metric, destination_name, _) = self.metric_values(
+            MetricKind::Receive,
+            operation_name,
+            &destination,
+            None,
+            None,
+        );
         self.destination_attributes(&mut all, &destination, &destination_name);
         all.extend(attributes);
         let builder = inner
@@ -650,13 +646,6 @@ impl Instrumentation {
             .with_kind(SpanKind::Client)
             .with_attributes(all);
         let span = inner.tracer.build_with_context(builder, parent);
-        let metric = self.metric_set(
-            MetricKind::Receive,
-            operation_name,
-            &destination,
-            &destination_name,
-            &[None, None],
-        );
         ClientSpan {
             operation: Operation::new(self.clone(), parent.with_span(span), Some((metric, 0))),
         }

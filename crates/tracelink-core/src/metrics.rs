@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter, ObservableCounter};
-use opentelemetry::KeyValue;
+use opentelemetry::{KeyValue, Value};
 use opentelemetry_semantic_conventions::attribute as attr;
 use opentelemetry_semantic_conventions::metric as names;
 use rustc_hash::FxBuildHasher;
@@ -58,6 +58,9 @@ pub(crate) struct MetricSet {
     group: Option<Box<str>>,
     subscription: Option<Box<str>>,
     attributes: Vec<KeyValue>,
+    /// The destination, group and subscription values of `attributes` (unit where absent), for
+    /// spans to share.
+    values: [Value; 3],
     count: AtomicU64,
     cached: bool,
 }
@@ -72,9 +75,25 @@ impl MetricSet {
             group: self.group.clone(),
             subscription: self.subscription.clone(),
             attributes: self.attributes.clone(),
+            values: self.values.clone(),
             count: AtomicU64::new(0),
             cached: false,
         }
+    }
+
+    /// Its `messaging.destination.name` value (the template for templated destinations).
+    pub(crate) fn destination(&self) -> &Value {
+        &self.values[0]
+    }
+
+    /// Its consumer group value, if the key had one.
+    pub(crate) fn group(&self) -> Option<&Value> {
+        self.group.as_ref().map(|_| &self.values[1])
+    }
+
+    /// Its subscription value, if the key had one.
+    pub(crate) fn subscription(&self) -> Option<&Value> {
+        self.subscription.as_ref().map(|_| &self.values[2])
     }
 
     fn is(&self, key: &SetKey<'_>) -> bool {
@@ -116,13 +135,26 @@ impl MetricSets {
             }
         }
         let cached = self.len.load(Ordering::Relaxed) < CARDINALITY_LIMIT;
+        let attributes = build();
+        let value = |key: &str| {
+            attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == key)
+                .map_or(Value::Bool(false), |kv| kv.value.clone())
+        };
+        let values = [
+            value(attr::MESSAGING_DESTINATION_NAME),
+            value(attr::MESSAGING_CONSUMER_GROUP_NAME),
+            value(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME),
+        ];
         let set = Arc::new(MetricSet {
             kind: key.kind,
             operation: key.operation,
             destination: key.destination.into(),
             group: key.group.map(Into::into),
             subscription: key.subscription.map(Into::into),
-            attributes: build(),
+            attributes,
+            values,
             count: AtomicU64::new(0),
             cached,
         });
