@@ -1,7 +1,6 @@
 //! The receive loop: long-poll, a CLIENT `receive` span, a `process` span per message, delete
 //! after success.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -12,11 +11,7 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 use futures_util::future::join_all;
-use opentelemetry::baggage::BaggageExt;
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
-use opentelemetry::{Context, KeyValue};
 use tower::{Layer, Service, ServiceExt};
-use tracelink_core::carrier::MapInjector;
 use tracelink_core::{
     ClassifyError, ConsumerLayer, ConsumerService, DefaultErrorType, Destination, ErrorType,
     Instrumentation,
@@ -74,25 +69,11 @@ pub(crate) fn system_attribute_names(
     names
 }
 
-/// The names the propagator writes, found by injecting a context with a trace state and an
-/// entry of baggage into an empty map. (The core's `Instrumentation` does not expose its
-/// propagator's `fields()`; this works for the global and for a configured one.)
+/// The names the propagator reads and writes (its `fields()`), sorted.
 pub(crate) fn propagator_fields(instrumentation: &Instrumentation) -> Vec<String> {
-    let state = TraceState::from_key_value([("tracelink", "1")]).unwrap_or_default();
-    let sc = SpanContext::new(
-        TraceId::from(0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c_u128),
-        SpanId::from(0xb7ad_6b71_6920_3331_u64),
-        TraceFlags::SAMPLED,
-        true,
-        state,
-    );
-    let cx = Context::new()
-        .with_remote_span_context(sc)
-        .with_baggage([KeyValue::new("tracelink", "1")]);
-    let mut fields = HashMap::new();
-    instrumentation.inject(&cx, &mut MapInjector(&mut fields));
-    let mut names: Vec<String> = fields.into_keys().collect();
+    let mut names = instrumentation.fields();
     names.sort();
+    names.dedup();
     names
 }
 
