@@ -77,7 +77,11 @@ impl Extractor for FieldTableExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         let table = self.0.inner();
         if table.len() == 1 {
-            return table.get(key).and_then(value_text);
+            // One entry: an exact hit is the answer; a miss may still match in another ASCII
+            // case (`Traceparent` from a Go client), which the scan below finds.
+            if let Some(value) = table.get(key) {
+                return value_text(value);
+            }
         }
         unique_value(self.entries(), key)
     }
@@ -106,6 +110,13 @@ mod tests {
 
     fn long(s: &str) -> AMQPValue {
         AMQPValue::LongString(s.into())
+    }
+
+    #[test]
+    fn a_lone_header_matches_in_any_case() {
+        let t = table(vec![("Traceparent", long("v"))]);
+        assert_eq!(FieldTableExtractor(&t).get("traceparent"), Some("v"));
+        assert_eq!(FieldTableExtractor(&t).get("tracestate"), None);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`). Each test uses queues of its own.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod hostile;
 mod support;
 
 use std::collections::BTreeSet;

@@ -8,6 +8,7 @@
 )]
 
 mod core_nats;
+mod hostile;
 mod jetstream;
 mod restart;
 mod support;

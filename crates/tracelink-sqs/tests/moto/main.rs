@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod faults;
+mod hostile;
 mod support;
 
 use std::collections::{HashMap, HashSet};
