@@ -28,6 +28,12 @@ use crate::message::JetStreamDelivery;
 ///
 /// Each fetch takes what the stream has ready, up to the batch size, without waiting; when
 /// nothing is ready it waits up to the expiry for the next message.
+///
+/// **Set `max_deliver` on consumers that read from untrusted producers.** async-nats 0.51
+/// treats a message whose header block is not UTF-8 as a protocol error: it drops the
+/// connection and reconnects, the message never reaches tracelink, and JetStream redelivers it,
+/// resetting the connection each time until `max_deliver` is reached (see
+/// `docs/RELIABILITY.md`).
 #[derive(Debug)]
 pub struct JetStreamConsumer {
     consumer: PullConsumer,
