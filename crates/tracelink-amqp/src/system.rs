@@ -33,4 +33,16 @@ mod tests {
         let s = rabbitmq("not a uri ::");
         assert_eq!(s.name(), "rabbitmq");
     }
+
+    #[test]
+    fn credentials_in_the_uri_never_reach_attributes() {
+        let s = rabbitmq("amqp://alice:hunter2@broker.example:5673/%2f");
+        assert_eq!(s.server_address(), Some("broker.example"));
+        assert_eq!(s.server_port(), Some(5673));
+        let debug = format!("{s:?}");
+        assert!(
+            !debug.contains("alice") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+    }
 }

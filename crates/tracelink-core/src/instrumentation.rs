@@ -652,6 +652,26 @@ impl Instrumentation {
     }
 }
 
+/// Whether a header name is one that carries credentials, which header capture refuses.
+fn is_credential(name: &str) -> bool {
+    const EXACT: [&str; 4] = [
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+    ];
+    const PARTS: [&str; 6] = [
+        "password",
+        "secret",
+        "token",
+        "api-key",
+        "apikey",
+        "credential",
+    ];
+    let name = name.to_ascii_lowercase();
+    EXACT.contains(&name.as_str()) || PARTS.iter().any(|part| name.contains(part))
+}
+
 /// The per-message attributes both message traits describe.
 fn push_message_attributes(
     attributes: &mut Vec<KeyValue>,
@@ -744,12 +764,20 @@ impl InstrumentationBuilder {
 
     /// Records the named headers of incoming messages as `messaging.header.<name>` attributes
     /// (names lower-cased). Off by default: headers may carry personal data.
+    ///
+    /// Names that carry credentials are never captured, even when listed: `authorization`,
+    /// `proxy-authorization`, `cookie`, `set-cookie`, and any name containing `password`,
+    /// `secret`, `token`, `api-key`, `apikey` or `credential` (ASCII case ignored).
     pub fn with_captured_headers<I, S>(mut self, names: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.captured_headers = names.into_iter().map(Into::into).collect();
+        self.captured_headers = names
+            .into_iter()
+            .map(Into::into)
+            .filter(|name| !is_credential(name))
+            .collect();
         self
     }
 

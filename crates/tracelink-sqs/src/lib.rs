@@ -183,6 +183,11 @@ mod tests {
             Some(("::1".into(), Some(4566)))
         );
         assert_eq!(host_and_port("http://"), None);
+        // Credentials in an endpoint URL never become attributes.
+        assert_eq!(
+            host_and_port("http://AKIAEXAMPLE:s3cr3t@localhost:4566/"),
+            Some(("localhost".into(), Some(4566)))
+        );
     }
 
     #[test]

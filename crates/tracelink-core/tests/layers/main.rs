@@ -696,13 +696,24 @@ async fn header_capture_is_opt_in() {
     let t = Telemetry::new();
     let instr = t
         .builder()
-        .with_captured_headers(["Content-Type", "x-missing"])
+        .with_captured_headers([
+            "Content-Type",
+            "x-missing",
+            "Authorization",
+            "x-api-key",
+            "X-Auth-Token",
+            "db_password",
+        ])
         .build();
     consume(
         &instr,
         Msg::new("q")
             .with_header("content-type", "application/json")
-            .with_header("secret", "s3cr3t"),
+            .with_header("secret", "s3cr3t")
+            .with_header("authorization", "Bearer s3cr3t")
+            .with_header("x-api-key", "s3cr3t")
+            .with_header("x-auth-token", "s3cr3t")
+            .with_header("db_password", "s3cr3t"),
     )
     .await;
     let process = t.span("process q");
@@ -710,10 +721,11 @@ async fn header_capture_is_opt_in() {
         "messaging.header.content-type",
         "application/json"
     )));
-    assert!(!process
-        .attributes
-        .iter()
-        .any(|kv| kv.key.as_str().contains("secret") || kv.key.as_str().contains("missing")));
+    assert!(!process.attributes.iter().any(|kv| {
+        kv.key.as_str().contains("secret")
+            || kv.key.as_str().contains("missing")
+            || kv.value.as_str().contains("s3cr3t")
+    }));
 }
 
 #[tokio::test]
