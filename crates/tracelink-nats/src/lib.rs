@@ -120,6 +120,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 #![deny(unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod carrier;
 mod error;

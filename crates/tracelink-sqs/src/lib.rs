@@ -85,7 +85,7 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 #![deny(unreachable_pub)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod carrier;
 mod consumer;
