@@ -139,8 +139,8 @@ pub use instrumentation::{
 };
 pub use link_mode::LinkMode;
 pub use message::{
-    BatchPublishResponse, Destination, IncomingMessage, MessagingSystem, OutgoingMessage,
-    PublishResponse,
+    server_from_url, BatchPublishResponse, Destination, IncomingMessage, MessagingSystem,
+    OutgoingMessage, PublishResponse,
 };
 pub use producer::{
     BatchProducerFuture, BatchProducerLayer, BatchProducerService, ProducerFuture, ProducerLayer,

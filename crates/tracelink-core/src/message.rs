@@ -76,6 +76,40 @@ impl MessagingSystem {
     }
 }
 
+/// The host and port of the first server in a broker address: a URL
+/// (`nats://user:pass@host:4222`, `http://127.0.0.1:5000/`), a bare `host:port`, a
+/// comma-separated list of either (Kafka bootstrap servers, NATS server lists), IPv6 in
+/// brackets. Credentials, paths and queries are left out, so the result is safe for
+/// `server.address`; the port is `None` when absent or not a number.
+///
+/// ```
+/// use tracelink_core::server_from_url;
+/// assert_eq!(server_from_url("nats://u:p@nats.example:4222"), Some(("nats.example", Some(4222))));
+/// assert_eq!(server_from_url("PLAINTEXT://kafka:29092,b:1"), Some(("kafka", Some(29092))));
+/// assert_eq!(server_from_url("http://[::1]:4566/x"), Some(("::1", Some(4566))));
+/// assert_eq!(server_from_url("https://sqs.eu-west-1.amazonaws.com/"), Some(("sqs.eu-west-1.amazonaws.com", None)));
+/// ```
+pub fn server_from_url(url: &str) -> Option<(&str, Option<u16>)> {
+    let first = url.split(',').map(str::trim).find(|s| !s.is_empty())?;
+    let rest = first.split_once("://").map_or(first, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    if authority.is_empty() {
+        return None;
+    }
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
+        return Some((host, port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Some((host, port.parse().ok())),
+        None => Some((authority, None)),
+    }
+}
+
 /// Where a message goes or came from.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Destination<'a> {

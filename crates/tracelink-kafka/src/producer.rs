@@ -171,17 +171,7 @@ pub fn messaging_system(config: &ClientConfig) -> MessagingSystem {
 /// Host and port of the first broker of a `bootstrap.servers` list
 /// (`host:port,host2:port`, optionally `PLAINTEXT://host:port`, `[::1]:9092`).
 fn first_server(servers: &str) -> Option<(String, Option<u16>)> {
-    let first = servers.split(',').map(str::trim).find(|s| !s.is_empty())?;
-    let first = first.split_once("://").map_or(first, |(_, rest)| rest);
-    if let Some(rest) = first.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        return Some((host.to_owned(), port));
-    }
-    match first.rsplit_once(':') {
-        Some((host, port)) => Some((host.to_owned(), port.parse().ok())),
-        None => Some((first.to_owned(), None)),
-    }
+    tracelink_core::server_from_url(servers).map(|(host, port)| (host.to_owned(), port))
 }
 
 #[cfg(test)]

