@@ -18,11 +18,7 @@ use clap::Parser;
 use opentelemetry::Context;
 use tokio::sync::mpsc;
 use tower::service_fn;
-use tracelink::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use tracelink::kafka::rdkafka::client::DefaultClientContext;
-use tracelink::kafka::rdkafka::config::ClientConfig;
 use tracelink::kafka::rdkafka::consumer::Consumer;
-use tracelink::kafka::rdkafka::types::RDKafkaErrorCode;
 use tracelink::kafka::{consumer_config, messaging_system, ConsumeLoop, KafkaMessage};
 use tracelink::Instrumentation;
 
@@ -42,29 +38,11 @@ struct Args {
     group: String,
 }
 
-/// Creates `topic` unless it exists (brokers such as tansu do not create topics on first use).
-pub async fn ensure_topic(brokers: &str, topic: &str) -> Result<(), Box<dyn Error>> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    for result in admin
-        .create_topics([&new_topic], &AdminOptions::new())
-        .await?
-    {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(format!("creating topic {topic}: {code}").into()),
-        }
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     let _telemetry = common::init("kafka_consumer")?;
-    ensure_topic(&args.brokers, &args.topic).await?;
+    common::kafka::ensure_topic(&args.brokers, &args.topic).await?;
     let mut config = consumer_config(&args.brokers, &args.group);
     config.set("client.id", "kafka_consumer");
     let instrumentation = Instrumentation::new(messaging_system(&config));

@@ -13,11 +13,8 @@ use std::error::Error;
 
 use clap::Parser;
 use tower::{Service, ServiceExt};
-use tracelink::kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use tracelink::kafka::rdkafka::client::DefaultClientContext;
 use tracelink::kafka::rdkafka::config::ClientConfig;
 use tracelink::kafka::rdkafka::producer::FutureProducer;
-use tracelink::kafka::rdkafka::types::RDKafkaErrorCode;
 use tracelink::kafka::{messaging_system, KafkaProducer, KafkaRecord};
 use tracelink::Instrumentation;
 
@@ -34,29 +31,11 @@ struct Args {
     count: usize,
 }
 
-/// Creates `topic` unless it exists (brokers such as tansu do not create topics on first use).
-pub async fn ensure_topic(brokers: &str, topic: &str) -> Result<(), Box<dyn Error>> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
-    let new_topic = NewTopic::new(topic, 1, TopicReplication::Fixed(1));
-    for result in admin
-        .create_topics([&new_topic], &AdminOptions::new())
-        .await?
-    {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(format!("creating topic {topic}: {code}").into()),
-        }
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     let _telemetry = common::init("kafka_producer")?;
-    ensure_topic(&args.brokers, &args.topic).await?;
+    common::kafka::ensure_topic(&args.brokers, &args.topic).await?;
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &args.brokers)

@@ -42,14 +42,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     let _telemetry = common::init("sqs_consumer")?;
     let (client, system) = tracelink::sqs::client_from_env(args.endpoint.as_deref()).await;
-    let queue_url = client
-        .create_queue()
-        .queue_name(&args.queue)
-        .send()
-        .await?
-        .queue_url()
-        .ok_or("CreateQueue returned no queue URL")?
-        .to_owned();
+    let queue_url = common::sqs::ensure_queue(&client, &args.queue).await?;
     let instrumentation = Instrumentation::new(system);
 
     let processed = Arc::new(AtomicUsize::new(0));

@@ -3,6 +3,11 @@
 //! `OTEL_SERVICE_NAME`) and the one-line-per-message output every example prints.
 #![allow(dead_code)]
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "sqs")]
+pub mod sqs;
+
 use std::error::Error;
 
 use opentelemetry::trace::{SpanContext, TraceContextExt};
