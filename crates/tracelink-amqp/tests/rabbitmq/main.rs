@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod hostile;
+mod load;
 mod support;
 
 use std::collections::BTreeSet;

@@ -10,5 +10,6 @@
 mod core_nats;
 mod hostile;
 mod jetstream;
+mod load;
 mod restart;
 mod support;

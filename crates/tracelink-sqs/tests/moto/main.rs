@@ -5,6 +5,7 @@
 
 mod faults;
 mod hostile;
+mod load;
 mod support;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,366 @@
+//! Load (issue 9) against librdkafka's mock cluster: `N` records through the traced producer
+//! and the consume loop, with the handler failing 10% of first attempts (chosen by a seeded
+//! LCG). The loop's default failure policy is `OnFailure::Stop` (a restart redelivers from the
+//! last committed offset), and the adapter documents retries as a `tower::retry::Retry` in the
+//! handler stack: that is what this test uses, so a failed first attempt is retried inside its
+//! `process` span (which then covers both attempts) and the loop never stops. It asserts that
+//! every record succeeds in the end, none is lost, no offset is committed past a record whose
+//! handler has not succeeded yet (sampled while failing attempts run) and every offset is
+//! committed at the end, and that every `process` span links to its producer span.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanProcessor};
+use opentelemetry_semantic_conventions::attribute as attr;
+use rdkafka::consumer::Consumer;
+use rdkafka::Offset;
+use tower::{service_fn, Service, ServiceExt};
+use tracelink_core::{Instrumentation, MessagingSystem};
+use tracelink_kafka::{
+    consumer_config, messaging_system, ConsumeLoop, KafkaMessage, KafkaProducer, KafkaRecord,
+};
+
+use support::{unique, Backend};
+
+/// Records per run (see docs/RELIABILITY.md for the time a debug build takes).
+const N: usize = 100_000;
+/// Partitions of the topic: the loop handles partitions concurrently.
+const PARTITIONS: i32 = 4;
+/// One first attempt in `FAIL_ONE_IN` fails.
+const FAIL_ONE_IN: u64 = 10;
+/// The whole test fails loudly after this.
+const DEADLINE: Duration = Duration::from_secs(240);
+
+/// A tiny linear congruential generator (Knuth's MMIX constants): a fixed seed gives the same
+/// failures on every run, without a dependency.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+/// Which messages fail their first attempt.
+fn failing_first_attempts(n: usize, seed: u64) -> Vec<bool> {
+    let mut lcg = Lcg(seed);
+    (0..n)
+        .map(|_| lcg.next().is_multiple_of(FAIL_ONE_IN))
+        .collect()
+}
+
+type Ids = (TraceId, SpanId);
+
+/// What the test needs of a span, instead of whole `SpanData`s (hundreds of thousands of spans).
+/// A Kafka record has no message id: `partition/offset` names it on both sides.
+#[derive(Debug, Default)]
+struct Recorded {
+    /// `partition/offset` → producer span.
+    producers: HashMap<String, Ids>,
+    /// (`partition/offset`, failed, links) per process span.
+    processes: Vec<(String, bool, Vec<Ids>)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Recorder(Arc<Mutex<Recorded>>);
+
+fn message_id(span: &SpanData) -> String {
+    let get = |key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}/{}",
+        get(attr::MESSAGING_DESTINATION_PARTITION_ID),
+        get(attr::MESSAGING_KAFKA_OFFSET)
+    )
+}
+
+impl SpanProcessor for Recorder {
+    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        let mut recorded = self.0.lock().unwrap();
+        let ids = (span.span_context.trace_id(), span.span_context.span_id());
+        match span.span_kind {
+            SpanKind::Producer => {
+                recorded.producers.insert(message_id(&span), ids);
+            }
+            SpanKind::Consumer => {
+                let links = span
+                    .links
+                    .links
+                    .iter()
+                    .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
+                    .collect();
+                let failed = matches!(span.status, Status::Error { .. });
+                recorded.processes.push((message_id(&span), failed, links));
+            }
+            _ => {}
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// Retries a failed message once (the test's handler fails only first attempts).
+#[derive(Clone)]
+struct RetryOnce;
+
+impl<E> tower::retry::Policy<KafkaMessage, (), E> for RetryOnce {
+    type Future = std::future::Ready<()>;
+
+    fn retry(&mut self, _: &mut KafkaMessage, result: &mut Result<(), E>) -> Option<Self::Future> {
+        result.is_err().then(|| std::future::ready(()))
+    }
+
+    fn clone_request(&mut self, message: &KafkaMessage) -> Option<KafkaMessage> {
+        Some(message.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_every_record_succeeds_in_the_end_and_links_to_its_producer() {
+    let started = Instant::now();
+    tokio::time::timeout(DEADLINE, run())
+        .await
+        .unwrap_or_else(|_| panic!("load test did not finish within {DEADLINE:?}"));
+    eprintln!(
+        "kafka (mock cluster) load: {N} records in {:?}",
+        started.elapsed()
+    );
+}
+
+async fn run() {
+    let backend = Backend::mock();
+    let topic = unique("load");
+    let group = unique("load-group");
+    backend.create_topic(&topic, PARTITIONS).await;
+    let recorder = Recorder::default();
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(recorder.clone())
+        .build();
+    let instrumentation = |system: MessagingSystem| {
+        Instrumentation::builder(system)
+            .with_tracer_provider(&provider)
+            .with_propagator(TraceContextPropagator::new())
+            .build()
+    };
+
+    // Sends run concurrently (up to 1000 in flight): one at a time, each would wait out
+    // librdkafka's linger.
+    let producer = KafkaProducer::new(backend.producer()).traced(instrumentation(
+        messaging_system(&backend.producer_config()),
+    ));
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..N {
+        if sends.len() >= 1000 {
+            sends.join_next().await.unwrap().unwrap();
+        }
+        let mut producer = producer.clone();
+        let record = KafkaRecord::new(&topic).with_payload(i.to_string());
+        sends.spawn(async move {
+            producer
+                .ready()
+                .await
+                .unwrap()
+                .call(record)
+                .await
+                .unwrap_or_else(|e| panic!("publish {i}: {e:?}"));
+        });
+    }
+    while let Some(sent) = sends.join_next().await {
+        sent.unwrap();
+    }
+
+    let fail_first = Arc::new(failing_first_attempts(N, 0x006b_6166_6b61));
+    let expected_failures = fail_first.iter().filter(|f| **f).count();
+    let attempts: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
+    let successes: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
+    let distinct = Arc::new(AtomicUsize::new(0));
+    let early_commits = Arc::new(Mutex::new(Vec::new()));
+    let commit_checks = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    // As `Backend::consume_loop`, with auto-commit every 100 ms so that offsets are committed
+    // while the test runs and the sampled check below compares against real commits.
+    let mut config = consumer_config(&backend.brokers(), &group);
+    config
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("auto.commit.interval.ms", "100")
+        .set("client.id", "tracelink-test");
+    let consume = Arc::new(
+        ConsumeLoop::from_config(
+            &config,
+            Some(instrumentation(MessagingSystem::new("kafka"))),
+        )
+        .expect("consumer"),
+    );
+    consume.consumer().subscribe(&[&topic]).expect("subscribe");
+    let real_commits_seen = Arc::new(AtomicUsize::new(0));
+    let flaky = {
+        let (fail_first, attempts, successes, distinct, done) = (
+            fail_first.clone(),
+            attempts.clone(),
+            successes.clone(),
+            distinct.clone(),
+            done.clone(),
+        );
+        let (consume, early_commits, commit_checks, real_commits_seen) = (
+            consume.clone(),
+            early_commits.clone(),
+            commit_checks.clone(),
+            real_commits_seen.clone(),
+        );
+        service_fn(move |message: KafkaMessage| {
+            let i: usize = std::str::from_utf8(message.payload().unwrap_or_default())
+                .expect("utf-8 payload")
+                .parse()
+                .expect("numeric payload");
+            let attempt = attempts[i].fetch_add(1, Ordering::SeqCst) + 1;
+            let result = if attempt == 1 && fail_first[i] {
+                // Sampled (it is a broker round trip): while this record has not succeeded,
+                // its partition's committed offset must not be past it.
+                if commit_checks
+                    .fetch_add(1, Ordering::SeqCst)
+                    .is_multiple_of(50)
+                {
+                    let committed = tokio::task::block_in_place(|| {
+                        consume
+                            .consumer()
+                            .committed(Duration::from_secs(10))
+                            .expect("committed offsets")
+                    });
+                    let element = committed
+                        .find_partition(message.topic(), message.partition())
+                        .expect("an assigned partition");
+                    if let Offset::Offset(offset) = element.offset() {
+                        real_commits_seen.fetch_add(1, Ordering::SeqCst);
+                        if offset > message.offset() {
+                            early_commits.lock().unwrap().push((i, offset));
+                        }
+                    }
+                }
+                Err(std::io::Error::other("a chosen first attempt fails"))
+            } else {
+                if successes[i].fetch_add(1, Ordering::SeqCst) == 0
+                    && distinct.fetch_add(1, Ordering::SeqCst) + 1 == N
+                {
+                    done.notify_one();
+                }
+                Ok(())
+            };
+            std::future::ready(result)
+        })
+    };
+    let handler = tower::retry::Retry::new(RetryOnce, flaky);
+    let signal = {
+        let done = done.clone();
+        async move { done.notified().await }
+    };
+    consume
+        .run(handler, signal)
+        .await
+        .expect("every record succeeds after its retry, so the loop does not stop");
+
+    assert_eq!(distinct.load(Ordering::SeqCst), N, "every record succeeded");
+    for i in 0..N {
+        let want = if fail_first[i] { 2 } else { 1 };
+        assert_eq!(
+            attempts[i].load(Ordering::SeqCst),
+            want,
+            "attempts of record {i}"
+        );
+        assert_eq!(
+            successes[i].load(Ordering::SeqCst),
+            1,
+            "successes of record {i}"
+        );
+    }
+    let total: u32 = attempts.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+    assert_eq!(total as usize, N + expected_failures, "attempts in all");
+    eprintln!(
+        "kafka (mock cluster) load: {} failing first attempts, {} of them checked against a real commit",
+        commit_checks.load(Ordering::SeqCst),
+        real_commits_seen.load(Ordering::SeqCst)
+    );
+    assert!(
+        real_commits_seen.load(Ordering::SeqCst) > 0,
+        "committed offsets were checked against real commits ({} checks)",
+        commit_checks.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        *early_commits.lock().unwrap(),
+        vec![],
+        "committed before success"
+    );
+    // The loop commits stored offsets when it stops: every partition is committed to its end.
+    let committed = tokio::task::block_in_place(|| {
+        consume
+            .consumer()
+            .committed(Duration::from_secs(10))
+            .expect("committed offsets")
+    });
+    for partition in 0..PARTITIONS {
+        let (_, high) = consume
+            .consumer()
+            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+            .expect("watermarks");
+        let element = committed
+            .find_partition(&topic, partition)
+            .expect("an assigned partition");
+        assert_eq!(
+            element.offset(),
+            Offset::Offset(high),
+            "partition {partition} committed to its end"
+        );
+    }
+
+    provider.force_flush().unwrap();
+    let recorded = std::mem::take(&mut *recorder.0.lock().unwrap());
+    assert_eq!(recorded.producers.len(), N, "one producer span per record");
+    assert_eq!(
+        recorded.processes.len(),
+        N,
+        "one process span per record (it covers the retry)"
+    );
+    let failed_spans = recorded.processes.iter().filter(|p| p.1).count();
+    assert_eq!(
+        failed_spans, 0,
+        "the retry succeeded inside every process span"
+    );
+    for (id, _, links) in &recorded.processes {
+        let producer = recorded
+            .producers
+            .get(id)
+            .unwrap_or_else(|| panic!("a producer span for record {id:?}"));
+        assert_eq!(
+            links,
+            &vec![*producer],
+            "process span of {id} links to its producer"
+        );
+    }
+}
