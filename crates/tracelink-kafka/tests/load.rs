@@ -12,15 +12,12 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanProcessor};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use opentelemetry_semantic_conventions::attribute as attr;
 use rdkafka::consumer::Consumer;
 use rdkafka::Offset;
@@ -31,99 +28,21 @@ use tracelink_kafka::{
 };
 
 use support::{unique, Backend};
+use tracelink_testkit::load::{attribute, failing_first_attempts, Recorder};
 
 /// Records per run (see docs/RELIABILITY.md for the time a debug build takes).
 const N: usize = 100_000;
 /// Partitions of the topic: the loop handles partitions concurrently.
 const PARTITIONS: i32 = 4;
-/// One first attempt in `FAIL_ONE_IN` fails.
-const FAIL_ONE_IN: u64 = 10;
 /// The whole test fails loudly after this.
 const DEADLINE: Duration = Duration::from_secs(240);
 
-/// A tiny linear congruential generator (Knuth's MMIX constants): a fixed seed gives the same
-/// failures on every run, without a dependency.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
-}
-
-/// Which messages fail their first attempt.
-fn failing_first_attempts(n: usize, seed: u64) -> Vec<bool> {
-    let mut lcg = Lcg(seed);
-    (0..n)
-        .map(|_| lcg.next().is_multiple_of(FAIL_ONE_IN))
-        .collect()
-}
-
-type Ids = (TraceId, SpanId);
-
-/// What the test needs of a span, instead of whole `SpanData`s (hundreds of thousands of spans).
-/// A Kafka record has no message id: `partition/offset` names it on both sides.
-#[derive(Debug, Default)]
-struct Recorded {
-    /// `partition/offset` → producer span.
-    producers: HashMap<String, Ids>,
-    /// (`partition/offset`, failed, links) per process span.
-    processes: Vec<(String, bool, Vec<Ids>)>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Recorder(Arc<Mutex<Recorded>>);
-
 fn message_id(span: &SpanData) -> String {
-    let get = |key: &str| {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.as_str().into_owned())
-            .unwrap_or_default()
-    };
     format!(
         "{}/{}",
-        get(attr::MESSAGING_DESTINATION_PARTITION_ID),
-        get(attr::MESSAGING_KAFKA_OFFSET)
+        attribute(span, attr::MESSAGING_DESTINATION_PARTITION_ID),
+        attribute(span, attr::MESSAGING_KAFKA_OFFSET)
     )
-}
-
-impl SpanProcessor for Recorder {
-    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        let mut recorded = self.0.lock().unwrap();
-        let ids = (span.span_context.trace_id(), span.span_context.span_id());
-        match span.span_kind {
-            SpanKind::Producer => {
-                recorded.producers.insert(message_id(&span), ids);
-            }
-            SpanKind::Consumer => {
-                let links = span
-                    .links
-                    .links
-                    .iter()
-                    .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
-                    .collect();
-                let failed = matches!(span.status, Status::Error { .. });
-                recorded.processes.push((message_id(&span), failed, links));
-            }
-            _ => {}
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
-        Ok(())
-    }
 }
 
 /// Retries a failed message once (the test's handler fails only first attempts).
@@ -159,7 +78,7 @@ async fn run() {
     let topic = unique("load");
     let group = unique("load-group");
     backend.create_topic(&topic, PARTITIONS).await;
-    let recorder = Recorder::default();
+    let recorder = Recorder::new(message_id);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(recorder.clone())
         .build();
@@ -340,7 +259,7 @@ async fn run() {
     }
 
     provider.force_flush().unwrap();
-    let recorded = std::mem::take(&mut *recorder.0.lock().unwrap());
+    let recorded = std::mem::take(&mut *recorder.recorded());
     assert_eq!(recorded.producers.len(), N, "one producer span per record");
     assert_eq!(
         recorded.processes.len(),

@@ -5,15 +5,12 @@
 //! consumer's ack floor reaches the last message with nothing pending) and every `process` span
 //! links to its producer span.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanProcessor};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use opentelemetry_semantic_conventions::attribute as attr;
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tracelink_core::{ConsumerLayer, Instrumentation};
@@ -21,89 +18,15 @@ use tracelink_nats::{JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, P
 
 use crate::jetstream::{assert_all_acked, setup};
 use crate::support;
+use tracelink_testkit::load::{attribute, failing_first_attempts, Recorder};
 
 /// Messages per run (see docs/RELIABILITY.md for the time a debug build takes).
 const N: usize = 100_000;
-/// One first attempt in `FAIL_ONE_IN` fails.
-const FAIL_ONE_IN: u64 = 10;
 /// The whole test fails loudly after this.
 const DEADLINE: Duration = Duration::from_secs(240);
 
-/// A tiny linear congruential generator (Knuth's MMIX constants): a fixed seed gives the same
-/// failures on every run, without a dependency.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        self.0 >> 33
-    }
-}
-
-/// Which messages fail their first attempt.
-fn failing_first_attempts(n: usize, seed: u64) -> Vec<bool> {
-    let mut lcg = Lcg(seed);
-    (0..n)
-        .map(|_| lcg.next().is_multiple_of(FAIL_ONE_IN))
-        .collect()
-}
-
-type Ids = (TraceId, SpanId);
-
-/// What the test needs of a span, instead of whole `SpanData`s (hundreds of thousands of spans).
-#[derive(Debug, Default)]
-struct Recorded {
-    /// message id → producer span.
-    producers: HashMap<String, Ids>,
-    /// (message id, failed, links) per process span.
-    processes: Vec<(String, bool, Vec<Ids>)>,
-}
-
-#[derive(Debug, Clone, Default)]
-struct Recorder(Arc<Mutex<Recorded>>);
-
 fn message_id(span: &SpanData) -> String {
-    span.attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == attr::MESSAGING_MESSAGE_ID)
-        .map(|kv| kv.value.as_str().into_owned())
-        .unwrap_or_default()
-}
-
-impl SpanProcessor for Recorder {
-    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        let mut recorded = self.0.lock().unwrap();
-        let ids = (span.span_context.trace_id(), span.span_context.span_id());
-        match span.span_kind {
-            SpanKind::Producer => {
-                recorded.producers.insert(message_id(&span), ids);
-            }
-            SpanKind::Consumer => {
-                let links = span
-                    .links
-                    .links
-                    .iter()
-                    .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
-                    .collect();
-                let failed = matches!(span.status, Status::Error { .. });
-                recorded.processes.push((message_id(&span), failed, links));
-            }
-            _ => {}
-        }
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-
-    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
-        Ok(())
-    }
+    attribute(span, attr::MESSAGING_MESSAGE_ID)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +40,7 @@ async fn load_every_message_succeeds_in_the_end_and_links_to_its_producer() {
 
 async fn run() {
     let url = support::url();
-    let recorder = Recorder::default();
+    let recorder = Recorder::new(message_id);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(recorder.clone())
         .build();
@@ -209,7 +132,7 @@ async fn run() {
     assert_all_acked(&consumer, N as u64).await;
 
     provider.force_flush().unwrap();
-    let recorded = std::mem::take(&mut *recorder.0.lock().unwrap());
+    let recorded = std::mem::take(&mut *recorder.recorded());
     assert_eq!(recorded.producers.len(), N, "one producer span per message");
     assert_eq!(
         recorded.processes.len(),
