@@ -28,7 +28,7 @@ use tracelink_kafka::{
 };
 
 use support::{unique, Backend};
-use tracelink_testkit::load::{attribute, failing_first_attempts, Recorder};
+use tracelink_testkit::load::{assert_attempts, attribute, failing_first_attempts, Recorder};
 
 /// Records per run (see docs/RELIABILITY.md for the time a debug build takes).
 const N: usize = 100_000;
@@ -206,19 +206,7 @@ async fn run() {
         .expect("every record succeeds after its retry, so the loop does not stop");
 
     assert_eq!(distinct.load(Ordering::SeqCst), N, "every record succeeded");
-    for i in 0..N {
-        let want = if fail_first[i] { 2 } else { 1 };
-        assert_eq!(
-            attempts[i].load(Ordering::SeqCst),
-            want,
-            "attempts of record {i}"
-        );
-        assert_eq!(
-            successes[i].load(Ordering::SeqCst),
-            1,
-            "successes of record {i}"
-        );
-    }
+    assert_attempts(&fail_first, &attempts, &successes);
     let total: u32 = attempts.iter().map(|a| a.load(Ordering::SeqCst)).sum();
     assert_eq!(total as usize, N + expected_failures, "attempts in all");
     eprintln!(
@@ -259,27 +247,5 @@ async fn run() {
     }
 
     provider.force_flush().unwrap();
-    let recorded = std::mem::take(&mut *recorder.recorded());
-    assert_eq!(recorded.producers.len(), N, "one producer span per record");
-    assert_eq!(
-        recorded.processes.len(),
-        N,
-        "one process span per record (it covers the retry)"
-    );
-    let failed_spans = recorded.processes.iter().filter(|p| p.1).count();
-    assert_eq!(
-        failed_spans, 0,
-        "the retry succeeded inside every process span"
-    );
-    for (id, _, links) in &recorded.processes {
-        let producer = recorded
-            .producers
-            .get(id)
-            .unwrap_or_else(|| panic!("a producer span for record {id:?}"));
-        assert_eq!(
-            links,
-            &vec![*producer],
-            "process span of {id} links to its producer"
-        );
-    }
+    recorder.recorded().assert_linked(N, N, 0);
 }

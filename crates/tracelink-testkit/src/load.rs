@@ -2,6 +2,7 @@
 //! keeps only what the tests check (ids, links, failure) of hundreds of thousands of spans.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +38,24 @@ pub fn failing_first_attempts(n: usize, seed: u64) -> Vec<bool> {
         .collect()
 }
 
+/// Asserts that message `i` ran twice when its first attempt was chosen to fail and once
+/// otherwise, and succeeded exactly once.
+pub fn assert_attempts(fail_first: &[bool], attempts: &[AtomicU32], successes: &[AtomicU32]) {
+    for (i, fails) in fail_first.iter().enumerate() {
+        let want = if *fails { 2 } else { 1 };
+        assert_eq!(
+            attempts[i].load(Ordering::SeqCst),
+            want,
+            "attempts of message {i}"
+        );
+        assert_eq!(
+            successes[i].load(Ordering::SeqCst),
+            1,
+            "successes of message {i}"
+        );
+    }
+}
+
 /// A span's trace and span id.
 pub type Ids = (TraceId, SpanId);
 
@@ -47,6 +66,28 @@ pub struct Recorded {
     pub producers: HashMap<String, Ids>,
     /// (message key, failed, links) per CONSUMER span.
     pub processes: Vec<(String, bool, Vec<Ids>)>,
+}
+
+impl Recorded {
+    /// Asserts `producers` producer spans, `processes` process spans of which `failed` failed,
+    /// and that every process span has exactly one link: to its message's producer span.
+    pub fn assert_linked(&self, producers: usize, processes: usize, failed: usize) {
+        assert_eq!(self.producers.len(), producers, "producer spans");
+        assert_eq!(self.processes.len(), processes, "process spans");
+        let failed_spans = self.processes.iter().filter(|p| p.1).count();
+        assert_eq!(failed_spans, failed, "failed process spans");
+        for (key, _, links) in &self.processes {
+            let producer = self
+                .producers
+                .get(key)
+                .unwrap_or_else(|| panic!("a producer span for message {key:?}"));
+            assert_eq!(
+                links,
+                &vec![*producer],
+                "process span of {key} links to its producer"
+            );
+        }
+    }
 }
 
 /// A span processor recording [`Recorded`]; `key` names the message a span is about (its

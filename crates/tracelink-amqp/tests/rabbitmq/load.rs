@@ -18,7 +18,7 @@ use tracelink_amqp::{rabbitmq, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish
 use tracelink_core::{Instrumentation, ProducerLayer};
 
 use crate::support::*;
-use tracelink_testkit::load::{attribute, failing_first_attempts, Recorder};
+use tracelink_testkit::load::{assert_attempts, attribute, failing_first_attempts, Recorder};
 
 /// Messages per run (a debug build handles them in well under the 90 s budget, see
 /// docs/RELIABILITY.md).
@@ -130,19 +130,7 @@ async fn run() {
         N,
         "every message succeeded"
     );
-    for i in 0..N {
-        let want = if fail_first[i] { 2 } else { 1 };
-        assert_eq!(
-            attempts[i].load(Ordering::SeqCst),
-            want,
-            "attempts of message {i}"
-        );
-        assert_eq!(
-            successes[i].load(Ordering::SeqCst),
-            1,
-            "successes of message {i}"
-        );
-    }
+    assert_attempts(&fail_first, &attempts, &successes);
     assert_eq!(
         wrong_redelivered.load(Ordering::SeqCst),
         0,
@@ -159,24 +147,7 @@ async fn run() {
     );
 
     provider.force_flush().expect("flush");
-    let recorded = std::mem::take(&mut *recorder.recorded());
-    assert_eq!(recorded.producers.len(), N, "one producer span per message");
-    assert_eq!(
-        recorded.processes.len(),
-        N + expected_failures,
-        "one process span per attempt"
-    );
-    let failed_spans = recorded.processes.iter().filter(|p| p.1).count();
-    assert_eq!(failed_spans, expected_failures, "failed process spans");
-    for (id, _, links) in &recorded.processes {
-        let producer = recorded
-            .producers
-            .get(id)
-            .unwrap_or_else(|| panic!("a producer span for message {id:?}"));
-        assert_eq!(
-            links,
-            &vec![*producer],
-            "process span of {id} links to its producer"
-        );
-    }
+    recorder
+        .recorded()
+        .assert_linked(N, N + expected_failures, expected_failures);
 }

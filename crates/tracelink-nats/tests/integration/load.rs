@@ -18,7 +18,7 @@ use tracelink_nats::{JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, P
 
 use crate::jetstream::{assert_all_acked, setup};
 use crate::support;
-use tracelink_testkit::load::{attribute, failing_first_attempts, Recorder};
+use tracelink_testkit::load::{assert_attempts, attribute, failing_first_attempts, Recorder};
 
 /// Messages per run (see docs/RELIABILITY.md for the time a debug build takes).
 const N: usize = 100_000;
@@ -111,19 +111,7 @@ async fn run() {
         N,
         "every message succeeded"
     );
-    for i in 0..N {
-        let want = if fail_first[i] { 2 } else { 1 };
-        assert_eq!(
-            attempts[i].load(Ordering::SeqCst),
-            want,
-            "attempts of message {i}"
-        );
-        assert_eq!(
-            successes[i].load(Ordering::SeqCst),
-            1,
-            "successes of message {i}"
-        );
-    }
+    assert_attempts(&fail_first, &attempts, &successes);
     assert_eq!(
         wrong_delivery_count.load(Ordering::SeqCst),
         0,
@@ -132,24 +120,7 @@ async fn run() {
     assert_all_acked(&consumer, N as u64).await;
 
     provider.force_flush().unwrap();
-    let recorded = std::mem::take(&mut *recorder.recorded());
-    assert_eq!(recorded.producers.len(), N, "one producer span per message");
-    assert_eq!(
-        recorded.processes.len(),
-        N + expected_failures,
-        "one process span per attempt"
-    );
-    let failed_spans = recorded.processes.iter().filter(|p| p.1).count();
-    assert_eq!(failed_spans, expected_failures, "failed process spans");
-    for (id, _, links) in &recorded.processes {
-        let producer = recorded
-            .producers
-            .get(id)
-            .unwrap_or_else(|| panic!("a producer span for message {id:?}"));
-        assert_eq!(
-            links,
-            &vec![*producer],
-            "process span of {id} links to its producer"
-        );
-    }
+    recorder
+        .recorded()
+        .assert_linked(N, N + expected_failures, expected_failures);
 }

@@ -26,7 +26,7 @@ use tracelink_sqs::{
 };
 
 use crate::support::*;
-use tracelink_testkit::load::{attribute, failing_first_attempts, Recorder};
+use tracelink_testkit::load::{assert_attempts, attribute, failing_first_attempts, Recorder};
 
 /// Messages per run: moto's pace, not tracelink's, sets it (see the module docs).
 const N: usize = 1_000;
@@ -132,19 +132,7 @@ async fn run() {
         N,
         "every message succeeded"
     );
-    for i in 0..N {
-        let want = if fail_first[i] { 2 } else { 1 };
-        assert_eq!(
-            attempts[i].load(Ordering::SeqCst),
-            want,
-            "attempts of message {i}"
-        );
-        assert_eq!(
-            successes[i].load(Ordering::SeqCst),
-            1,
-            "successes of message {i}"
-        );
-    }
+    assert_attempts(&fail_first, &attempts, &successes);
     assert_eq!(
         messages_left(&client, &url).await,
         0,
@@ -152,24 +140,7 @@ async fn run() {
     );
 
     provider.force_flush().unwrap();
-    let recorded = std::mem::take(&mut *recorder.recorded());
-    assert_eq!(recorded.producers.len(), N, "one create span per message");
-    assert_eq!(
-        recorded.processes.len(),
-        N + expected_failures,
-        "one process span per attempt"
-    );
-    let failed_spans = recorded.processes.iter().filter(|p| p.1).count();
-    assert_eq!(failed_spans, expected_failures, "failed process spans");
-    for (id, _, links) in &recorded.processes {
-        let producer = recorded
-            .producers
-            .get(id)
-            .unwrap_or_else(|| panic!("a create span for message {id:?}"));
-        assert_eq!(
-            links,
-            &vec![*producer],
-            "process span of {id} links to its create span"
-        );
-    }
+    recorder
+        .recorded()
+        .assert_linked(N, N + expected_failures, expected_failures);
 }
