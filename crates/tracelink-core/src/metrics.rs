@@ -6,6 +6,8 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
+#[cfg(feature = "bound-metrics")]
+use opentelemetry::metrics::BoundHistogram;
 use opentelemetry::metrics::{AsyncInstrument, Histogram, Meter, ObservableCounter};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_semantic_conventions::attribute as attr;
@@ -26,8 +28,7 @@ const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";
 
 #[derive(Debug, Clone)]
 pub(crate) struct Metrics {
-    operation_duration: Histogram<f64>,
-    process_duration: Histogram<f64>,
+    histograms: Histograms,
     /// Counts of failed operations (their attributes carry `error.type`) and of attribute sets
     /// past the cache's limit.
     sent_messages: Arc<MessageCounter>,
@@ -35,6 +36,24 @@ pub(crate) struct Metrics {
     /// Attribute sets of successful operations, each with its own count.
     sets: Arc<MetricSets>,
     _instruments: Arc<[ObservableCounter<u64>; 2]>,
+}
+
+/// The two duration histograms.
+#[derive(Debug, Clone)]
+struct Histograms {
+    /// `messaging.client.operation.duration`.
+    operation: Histogram<f64>,
+    /// `messaging.process.duration`.
+    process: Histogram<f64>,
+}
+
+impl Histograms {
+    fn of(&self, kind: MetricKind) -> &Histogram<f64> {
+        match kind {
+            MetricKind::Publish | MetricKind::Receive => &self.operation,
+            MetricKind::Process => &self.process,
+        }
+    }
 }
 
 /// Which instruments an operation records.
@@ -63,6 +82,10 @@ pub(crate) struct MetricSet {
     values: [Value; 3],
     count: AtomicU64,
     cached: bool,
+    /// The set's duration histogram, bound to `attributes` once (cached sets only): recording
+    /// through it skips the SDK's per-measurement lookup of the attribute set.
+    #[cfg(feature = "bound-metrics")]
+    bound: Option<BoundHistogram<f64>>,
 }
 
 impl MetricSet {
@@ -78,6 +101,8 @@ impl MetricSet {
             values: self.values.clone(),
             count: AtomicU64::new(0),
             cached: false,
+            #[cfg(feature = "bound-metrics")]
+            bound: None,
         }
     }
 
@@ -127,6 +152,7 @@ impl MetricSets {
         &self,
         key: SetKey<'_>,
         build: impl FnOnce() -> Vec<KeyValue>,
+        #[cfg_attr(not(feature = "bound-metrics"), allow(unused_variables))] histograms: &Histograms,
     ) -> Arc<MetricSet> {
         let hash = FxBuildHasher.hash_one(key);
         if let Ok(sets) = self.sets.read() {
@@ -147,7 +173,7 @@ impl MetricSets {
             value(attr::MESSAGING_CONSUMER_GROUP_NAME),
             value(attr::MESSAGING_DESTINATION_SUBSCRIPTION_NAME),
         ];
-        let set = Arc::new(MetricSet {
+        let set = MetricSet {
             kind: key.kind,
             operation: key.operation,
             destination: key.destination.into(),
@@ -157,9 +183,11 @@ impl MetricSets {
             values,
             count: AtomicU64::new(0),
             cached,
-        });
+            #[cfg(feature = "bound-metrics")]
+            bound: None,
+        };
         if !cached {
-            return set;
+            return Arc::new(set);
         }
         let Ok(mut sets) = self.sets.write() else {
             return Arc::new(set.uncached());
@@ -168,6 +196,14 @@ impl MetricSets {
         if let Some(existing) = bucket.iter().find(|s| s.is(&key)) {
             return existing.clone();
         }
+        // Bound only once the set is known to stay in the cache: a bound handle keeps its SDK
+        // aggregator alive for as long as it lives, and the cache bounds how many there are.
+        #[cfg(feature = "bound-metrics")]
+        let set = MetricSet {
+            bound: Some(histograms.of(set.kind).bind(&set.attributes)),
+            ..set
+        };
+        let set = Arc::new(set);
         bucket.push(set.clone());
         self.len.fetch_add(1, Ordering::Relaxed);
         set
@@ -238,7 +274,7 @@ impl Metrics {
         key: SetKey<'_>,
         build: impl FnOnce() -> Vec<KeyValue>,
     ) -> Arc<MetricSet> {
-        self.sets.get_or_insert(key, build)
+        self.sets.get_or_insert(key, build, &self.histograms)
     }
 
     /// Records one finished operation on `set` that handled `count` messages.
@@ -249,13 +285,20 @@ impl Metrics {
         seconds: f64,
         error_type: Option<Cow<'static, str>>,
     ) {
-        let (histogram, counter) = match set.kind {
-            MetricKind::Publish => (&self.operation_duration, Some(&self.sent_messages)),
-            MetricKind::Process => (&self.process_duration, Some(&self.consumed_messages)),
-            MetricKind::Receive => (&self.operation_duration, None),
+        let histogram = self.histograms.of(set.kind);
+        let counter = match set.kind {
+            MetricKind::Publish => Some(&self.sent_messages),
+            MetricKind::Process => Some(&self.consumed_messages),
+            MetricKind::Receive => None,
         };
         match error_type {
             None => {
+                #[cfg(feature = "bound-metrics")]
+                match &set.bound {
+                    Some(bound) => bound.record(seconds),
+                    None => histogram.record(seconds, &set.attributes),
+                }
+                #[cfg(not(feature = "bound-metrics"))]
                 histogram.record(seconds, &set.attributes);
                 match counter {
                     Some(_) if set.cached => {
@@ -303,8 +346,8 @@ impl Metrics {
                 })
                 .build(),
         ];
-        Self {
-            operation_duration: meter
+        let histograms = Histograms {
+            operation: meter
                 .f64_histogram(names::MESSAGING_CLIENT_OPERATION_DURATION)
                 .with_unit("s")
                 .with_description(
@@ -312,12 +355,15 @@ impl Metrics {
                 )
                 .with_boundaries(DURATION_BOUNDARIES.to_vec())
                 .build(),
-            process_duration: meter
+            process: meter
                 .f64_histogram(names::MESSAGING_PROCESS_DURATION)
                 .with_unit("s")
                 .with_description("Duration of processing operation.")
                 .with_boundaries(DURATION_BOUNDARIES.to_vec())
                 .build(),
+        };
+        Self {
+            histograms,
             sent_messages,
             consumed_messages,
             sets,
