@@ -64,8 +64,9 @@ pub type Ids = (TraceId, SpanId);
 pub struct Recorded {
     /// Message key → the PRODUCER span that published it.
     pub producers: HashMap<String, Ids>,
-    /// (message key, failed, links) per CONSUMER span.
-    pub processes: Vec<(String, bool, Vec<Ids>)>,
+    /// (message key, failed, links, parent) per CONSUMER span; the parent is `None` for a root
+    /// span, else the span's trace id and its parent span id.
+    pub processes: Vec<(String, bool, Vec<Ids>, Option<Ids>)>,
 }
 
 impl Recorded {
@@ -76,7 +77,7 @@ impl Recorded {
         assert_eq!(self.processes.len(), processes, "process spans");
         let failed_spans = self.processes.iter().filter(|p| p.1).count();
         assert_eq!(failed_spans, failed, "failed process spans");
-        for (key, _, links) in &self.processes {
+        for (key, _, links, _) in &self.processes {
             let producer = self
                 .producers
                 .get(key)
@@ -88,6 +89,18 @@ impl Recorded {
             );
         }
     }
+
+    /// Asserts that every process span is a child of the span it links to (consumers in
+    /// `LinkMode::Parent`, such as NATS responders).
+    pub fn assert_parented(&self) {
+        for (key, _, links, parent) in &self.processes {
+            assert_eq!(
+                parent.as_ref(),
+                links.first(),
+                "process span of {key} is a child of its producer"
+            );
+        }
+    }
 }
 
 /// A span processor recording [`Recorded`]; `key` names the message a span is about (its
@@ -96,6 +109,7 @@ impl Recorded {
 pub struct Recorder {
     recorded: Arc<Mutex<Recorded>>,
     key: fn(&SpanData) -> String,
+    keep: fn(&SpanData) -> bool,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -110,7 +124,14 @@ impl Recorder {
         Self {
             recorded: Arc::default(),
             key,
+            keep: |_| true,
         }
+    }
+
+    /// Records only the spans `keep` accepts (say, not the reply spans of a responder).
+    pub fn keeping(mut self, keep: fn(&SpanData) -> bool) -> Self {
+        self.keep = keep;
+        self
     }
 
     /// What was recorded so far.
@@ -134,6 +155,9 @@ impl SpanProcessor for Recorder {
     fn on_start(&self, _: &mut Span, _: &Context) {}
 
     fn on_end(&self, span: SpanData) {
+        if !(self.keep)(&span) {
+            return;
+        }
         let key = (self.key)(&span);
         let ids = (span.span_context.trace_id(), span.span_context.span_id());
         let mut recorded = self.recorded();
@@ -149,7 +173,9 @@ impl SpanProcessor for Recorder {
                     .map(|l| (l.span_context.trace_id(), l.span_context.span_id()))
                     .collect();
                 let failed = matches!(span.status, Status::Error { .. });
-                recorded.processes.push((key, failed, links));
+                let parent = (span.parent_span_id != SpanId::INVALID)
+                    .then(|| (span.span_context.trace_id(), span.parent_span_id));
+                recorded.processes.push((key, failed, links, parent));
             }
             _ => {}
         }

@@ -1,14 +1,15 @@
-//! The hostile-header corpus (`tracelink-testkit`) through a core NATS subscription: every
-//! message the client can carry reaches the handler exactly once, the subscriber keeps running,
-//! and each `process` span is a fresh root, linked only where the context was usable.
+//! The hostile-header corpus (`tracelink-testkit`) through a core NATS subscription and through
+//! JetStream: every message the client can carry reaches the handler exactly once (on JetStream:
+//! and is acked), the consumer keeps running, and each `process` span is a fresh root, linked
+//! only where the context was usable.
 //!
 //! Cases with bytes that are not UTF-8 are written on the wire by hand (`HPUB`): async-nats
 //! cannot build them, and cannot receive them either. Its parser reads a header block that is
 //! not UTF-8 as a protocol error: the subscriber's client drops the connection (losing the
 //! message, as core NATS does on any disconnect) and reconnects, and the subscription goes on.
-//! The test pins that behaviour down: such messages never reach tracelink.
+//! The tests pin that behaviour down: such messages never reach tracelink.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -92,7 +93,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
     let mut subscription = tracelink_nats::Subscription::subscribe(&client, subject.as_str())
         .await
         .unwrap();
-    client.flush().await.unwrap();
+    support::round_trip(&client).await;
 
     let cases: Vec<Case> = corpus();
     let mut sent = Vec::new();
@@ -132,7 +133,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
                     .publish_with_headers(subject.clone(), headers, case.name.into())
                     .await
                     .unwrap();
-                publisher.flush().await.unwrap();
+                support::round_trip(&publisher).await;
             }
             None => {
                 let stats = client.statistics();
@@ -148,7 +149,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
                     );
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                client.flush().await.unwrap();
+                support::round_trip(&client).await;
                 unreadable.push(case.name);
             }
         }
@@ -223,12 +224,22 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// JetStream stores a message whose header block is not UTF-8 and redelivers it; async-nats
-/// resets the connection on each delivery. With `max_deliver` set, the server gives up on it and
-/// the messages around it are handled exactly once: the consumer keeps running.
+/// The whole corpus through JetStream and the JetStream consume loop: every case the client can
+/// carry is stored, handled exactly once and acked, each `process` span a fresh root, linked only
+/// where the context was usable.
+///
+/// The cases whose header block is not UTF-8 are stored too (the server does not read header
+/// values); async-nats resets the connection on each delivery of one (see the module docs), so
+/// they never reach a handler. The consumer sets `max_deliver: 1`, so the server gives up on
+/// such a message after its first delivery, and says so in a `MAX_DELIVERIES` advisory: that
+/// the advisories name exactly the unreadable messages shows every other message acked (an
+/// unacked one would have hit the limit too once its ack wait ran out). Each reset costs the
+/// loop a fetch that waits out async-nats' own guard (the expiry plus 5 s): one delivery each
+/// keeps the test at about 20 s.
 #[tokio::test]
-async fn jetstream_survives_a_header_block_that_is_not_utf8() {
+async fn jetstream_hostile_headers_are_handled_once_with_fresh_roots() {
     use async_nats::jetstream::{self, consumer::pull, stream};
+    use futures_util::{FutureExt, StreamExt};
     use tracelink_nats::{JetStreamConsumer, JetStreamDelivery};
 
     let url = support::url();
@@ -245,6 +256,7 @@ async fn jetstream_survives_a_header_block_that_is_not_utf8() {
         .create_stream(stream::Config {
             name: name.clone(),
             subjects: vec![subject.clone()],
+            // Left behind on the shared server by a failed run: gone in 5 minutes.
             max_age: Duration::from_secs(300),
             ..Default::default()
         })
@@ -253,34 +265,87 @@ async fn jetstream_survives_a_header_block_that_is_not_utf8() {
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("workers".into()),
-            ack_wait: Duration::from_secs(1),
-            max_deliver: 3,
+            ack_wait: Duration::from_secs(2),
+            max_deliver: 1,
             ..Default::default()
         })
         .await
         .unwrap();
-    let publish = |payload: &'static str| {
-        let js = js.clone();
-        let subject = subject.clone();
-        async move {
-            js.publish(subject, payload.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
-    };
-    publish("before").await;
-    let bad = [("traceparent".to_owned(), vec![0xff, 0xfe, 0x00])];
-    raw_publish(&url, &subject, &bad, b"not-utf8").await;
-    publish("after").await;
+    let mut advisories = client
+        .subscribe(format!(
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{name}.workers"
+        ))
+        .await
+        .unwrap();
+    support::round_trip(&client).await;
+    let max_payload = client.server_info().max_payload;
 
-    let handled: Arc<Mutex<BTreeMap<String, usize>>> = Arc::default();
+    let cases: Vec<Case> = corpus();
+    let mut refused = Vec::new();
+    let mut unreadable = Vec::new();
+    // Stream sequences of the messages the client acknowledged as stored.
+    let mut acknowledged = BTreeMap::new();
+    for case in &cases {
+        match case.text_headers() {
+            Some(text) => {
+                let mut headers = HeaderMap::new();
+                for (name, value) in text {
+                    headers.append(
+                        HeaderName::from_str(name).unwrap(),
+                        HeaderValue::from_str(value).unwrap(),
+                    );
+                }
+                let sent = js
+                    .publish_with_headers(subject.clone(), headers, case.name.into())
+                    .await;
+                if case.size() + case.name.len() > max_payload {
+                    // Over the server's max_payload: the client refuses it before it is sent.
+                    assert!(
+                        sent.is_err(),
+                        "{}: over max_payload yet accepted",
+                        case.name
+                    );
+                    refused.push(case.name);
+                    continue;
+                }
+                let ack = sent.unwrap().await.unwrap();
+                acknowledged.insert(ack.sequence, case.name);
+            }
+            None => {
+                // No acknowledgement asked for: its sequence is the one the others leave free.
+                raw_publish(&url, &subject, &case.headers, case.name.as_bytes()).await;
+                unreadable.push(case.name);
+            }
+        }
+    }
+    let ack = js
+        .publish(subject.clone(), "sentinel".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    acknowledged.insert(ack.sequence, "sentinel");
+    // Each message was routed to the stream before the next was sent, so they are stored in
+    // order, and the sentinel is the last.
+    let unreadable_sequences: BTreeSet<u64> = (1..ack.sequence)
+        .filter(|seq| !acknowledged.contains_key(seq))
+        .collect();
+    assert_eq!(
+        unreadable_sequences.len(),
+        unreadable.len(),
+        "every case the client can carry is stored, the unreadable ones too: {acknowledged:?}"
+    );
+
+    let seen: Arc<Mutex<BTreeMap<String, Vec<Seen>>>> = Arc::default();
     let mut handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn({
-        let handled = handled.clone();
+        let seen = seen.clone();
         move |delivery: JetStreamDelivery| {
             let payload = String::from_utf8_lossy(&delivery.message.payload).into_owned();
-            *handled.lock().unwrap().entry(payload).or_default() += 1;
+            let cx = Context::current();
+            seen.lock().unwrap().entry(payload).or_default().push(Seen {
+                span_id: cx.span().span_context().span_id(),
+                baggage: baggage_size(&cx),
+            });
             async { Ok::<_, std::convert::Infallible>(()) }
         }
     }));
@@ -288,32 +353,108 @@ async fn jetstream_survives_a_header_block_that_is_not_utf8() {
     let mut loop_ = JetStreamConsumer::new(consumer, instrumentation)
         .with_batch_size(1)
         .with_expires(Duration::from_secs(1));
-    let mut errors = 0;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while handled.lock().unwrap().len() < 2 {
+    // Consume until the sentinel was handled and the server holds nothing for the consumer:
+    // every message acked or given up on.
+    let mut failed_fetches = 0;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
         assert!(
             Instant::now() < deadline,
-            "handled only {:?}",
-            handled.lock().unwrap()
+            "still pending after 90 s; handled: {:?}",
+            seen.lock().unwrap().keys().collect::<Vec<_>>()
         );
-        if loop_.process_next(&mut handler).await.is_err() {
-            // The reset connection fails a fetch; the loop is simply resumed.
-            errors += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        match loop_.process_next(&mut handler).await {
+            Ok(0) if seen.lock().unwrap().contains_key("sentinel") => {
+                let info = loop_.consumer().clone().info().await.unwrap().clone();
+                if (info.num_pending, info.num_ack_pending) == (0, 0) {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                // A reset connection may fail a fetch; the loop is simply resumed.
+                failed_fetches += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
-    // Keep consuming a little: neither neighbour comes again, the bad message never arrives.
-    let deadline = Instant::now() + Duration::from_secs(4);
-    while Instant::now() < deadline {
-        let _ = loop_.process_next(&mut handler).await;
-    }
-    let handled = handled.lock().unwrap().clone();
-    assert_eq!(
-        handled,
-        BTreeMap::from([("after".to_owned(), 1), ("before".to_owned(), 1)]),
-        "the messages around it are handled exactly once; it never reaches a handler"
-    );
     let resets = client.statistics().connects.load(Ordering::SeqCst) - connects;
-    assert!(resets >= 1, "the bad message reset the connection");
-    eprintln!("connection resets: {resets}, failed fetches: {errors}");
+
+    // The server gave up on exactly the unreadable messages.
+    let mut given_up = BTreeSet::new();
+    let read_advisory = |message: async_nats::Message| -> u64 {
+        let text = String::from_utf8_lossy(&message.payload).into_owned();
+        let digits: String = text
+            .split_once("\"stream_seq\":")
+            .map(|(_, rest)| rest.trim_start())
+            .unwrap_or_default()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("an advisory: {text}"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while given_up.len() < unreadable_sequences.len() && Instant::now() < deadline {
+        if let Ok(Some(message)) =
+            tokio::time::timeout(Duration::from_millis(200), advisories.next()).await
+        {
+            given_up.insert(read_advisory(message));
+        }
+    }
+    support::round_trip(&client).await;
+    while let Some(Some(message)) = advisories.next().now_or_never() {
+        given_up.insert(read_advisory(message));
+    }
+    assert_eq!(
+        given_up, unreadable_sequences,
+        "MAX_DELIVERIES advisories name exactly the unreadable messages: every other was acked"
+    );
+
+    let seen = seen.lock().unwrap().clone();
+    let spans = telemetry.spans();
+    let mut failures = Vec::new();
+    for case in &cases {
+        let runs = seen.get(case.name).cloned().unwrap_or_default();
+        if refused.contains(&case.name) || unreadable.contains(&case.name) {
+            if !runs.is_empty() {
+                failures.push(format!("{}: expected async-nats to drop it", case.name));
+            }
+            continue;
+        }
+        if runs.len() != 1 {
+            failures.push(format!("{}: handled {} times", case.name, runs.len()));
+            continue;
+        }
+        let span = spans
+            .iter()
+            .find(|s| s.span_context.span_id() == runs[0].span_id)
+            .expect("the handler's span was exported");
+        failures.extend(check_process_span(case, span).err());
+        failures.extend(check_baggage(case, runs[0].baggage).err());
+    }
+    assert_eq!(
+        seen.get("sentinel").map(Vec::len),
+        Some(1),
+        "the sentinel is handled once"
+    );
+    assert_eq!(
+        refused,
+        vec!["tp-1mib"],
+        "only the 1 MiB case exceeds max_payload"
+    );
+    assert_eq!(
+        unreadable,
+        vec!["tp-not-utf8", "tracestate-not-utf8", "baggage-not-utf8"],
+        "the cases that are not UTF-8"
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    // Each unreadable message was delivered once, resetting the connection.
+    assert!(
+        resets >= unreadable.len() as u64,
+        "{resets} connection resets for {} unreadable messages",
+        unreadable.len()
+    );
+    eprintln!("jetstream hostile: {resets} connection resets, {failed_fetches} failed fetches");
 }

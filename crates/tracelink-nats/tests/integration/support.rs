@@ -1,7 +1,9 @@
 //! Shared by the integration tests: the broker address, a spawned `nats-server` for tests that
 //! kill it, unique names, and span helpers over the SDK's in-memory exporter.
 
+use std::collections::hash_map::RandomState;
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -29,6 +31,23 @@ pub async fn connect() -> async_nats::Client {
         .unwrap_or_else(|e| {
             panic!("no NATS server at {url} ({e}): start it with `eval \"$(scripts/services)\"`")
         })
+}
+
+/// Returns once the server has processed everything `client` sent before (a `SUB`, a `PUB`).
+/// async-nats' `flush` only writes to the socket: a subscription is not yet in place, and a
+/// message not yet routed, when it returns, so a message sent on another connection may get
+/// there first. A request nobody answers comes back as "no responders" only after the server
+/// handled what came before it on the same connection: a `PING`/`PONG` round trip.
+pub async fn round_trip(client: &async_nats::Client) {
+    let error = client
+        .request(unique("round_trip"), bytes::Bytes::new())
+        .await
+        .expect_err("nobody answers");
+    assert_eq!(
+        error.kind(),
+        async_nats::client::RequestErrorKind::NoResponders,
+        "{error}"
+    );
 }
 
 /// A name no other test (or earlier run) uses.
@@ -140,38 +159,62 @@ pub fn assert_kind(span: &SpanData, kind: SpanKind) {
     assert_eq!(span.span_kind, kind, "kind of {}", span.name);
 }
 
-/// A `nats-server -js` of the test's own on a free port, with a store in a temporary directory;
-/// killed (and its store removed) on drop. Follows async-nats' `nats_server` test support.
+/// A `nats-server -js` of the test's own, with a store in a temporary directory; killed (and its
+/// store removed) on drop. Follows async-nats' `nats_server` test support, with two differences
+/// that a restart on the same port needs:
+///
+/// * The port is outside the kernel's ephemeral range. A port found by binding `127.0.0.1:0` is
+///   an ephemeral one: while the server is down for a restart, any outgoing connection on the
+///   machine (the test's own clients reconnecting, other tests, other processes) may be given it
+///   as its local port, and the server then cannot listen on it again. Below the range, only an
+///   explicit bind can take it (another test's server picking the same number): `start` then
+///   tries another port, `restart` waits for the port to come free.
+/// * The server is ready when its own log says so, not when something accepts a TCP connection
+///   on the port (which may be another process, or a connection to itself: a TCP self-connect
+///   when the probe's ephemeral source port equals the port probed).
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+    spawns: u32,
 }
 
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
 
+/// Why a spawned server did not come up.
+enum SpawnError {
+    /// Something else holds the port.
+    PortInUse,
+}
+
 impl NatsServer {
     pub fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut server = Self {
             child: None,
-            port,
+            port: 0,
             store: dir.path().join("js"),
-            _dir: dir,
+            dir,
+            spawns: 0,
         };
-        server.spawn();
-        server
+        for _ in 0..20 {
+            server.port = free_port_below_ephemeral_range();
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(SpawnError::PortInUse) => continue,
+            }
+        }
+        panic!("nats-server found no free port in 20 tries")
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server and waits until it is ready; the log of each start is a file of its own.
+    fn spawn(&mut self) -> Result<(), SpawnError> {
         let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| NATS_SERVER.into());
-        let child = Command::new(&binary)
+        self.spawns += 1;
+        let log_path = self.dir.path().join(format!("server-{}.log", self.spawns));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(&binary)
             .args([
                 "-a",
                 "127.0.0.1",
@@ -182,18 +225,36 @@ impl NatsServer {
             ])
             .arg(&self.store)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not listen on {}",
-                self.port
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        loop {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if text.contains("Server is ready") {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                // The log is complete once the process is gone.
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if text.contains("address already in use") {
+                    return Err(SpawnError::PortInUse);
+                }
+                panic!(
+                    "nats-server exited ({status}) on port {}:\n{text}",
+                    self.port
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "nats-server not ready on port {} in 10 s:\n{text}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -201,7 +262,7 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Kills the server (abruptly, as a crash would).
+    /// Kills the server (abruptly, as a crash would) and waits until the process is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -209,15 +270,52 @@ impl NatsServer {
         }
     }
 
+    /// Starts the killed server again on the same port with the same store. Should something
+    /// hold the port, waits for it (bounded) rather than move: the clients know this port only.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(SpawnError::PortInUse) = self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "port {} stayed in use after the server was killed",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Kills the server and starts it again on the same port with the same store.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.start_again();
     }
 }
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A port that was free a moment ago, below the kernel's ephemeral range (so that no outgoing
+/// connection is ever given it), picked at random so that parallel tests rarely pick the same.
+fn free_port_below_ephemeral_range() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000, ephemeral_low.max(10_001));
+    loop {
+        let mut hasher = RandomState::new().build_hasher();
+        hasher.write_u128(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        let port = low + (hasher.finish() % u64::from(high - low)) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
