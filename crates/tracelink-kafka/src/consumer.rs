@@ -95,7 +95,7 @@ impl Default for BatchConfig {
 ///   handler succeeded (or was skipped under [`OnFailure::Skip`]) and every earlier message of
 ///   its partition was done, and librdkafka's auto-commit (or the final commit when the loop
 ///   stops) commits stored offsets only. Done offsets are handed to librdkafka together, at
-///   most 50 ms or 64 messages after they are done (and always before the loop commits and
+///   most 50 ms or [`max_in_flight`](ConsumeLoop::with_max_in_flight) messages after they are done (and always before the loop commits and
 ///   returns), so a crash or rebalance re-delivers at most that window more than an immediate
 ///   store would; commits happen every `auto.commit.interval.ms` (5 s by default) anyway;
 /// * messages of one partition are handled one after the other, in order; partitions run
