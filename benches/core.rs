@@ -5,10 +5,14 @@
 //! * `tracelink/*`: a message through `ProducerLayer` around a no-op publish service, then
 //!   through `ConsumerLayer` around a no-op handler (metrics included, aggregated by a periodic reader that exports once a minute).
 //! * `carrier/*`: inject + extract of a W3C context through the core's `HashMap` carriers.
+//! * `propagator/{sdk,tracelink}/*`: one inject or extract with the SDK's `TraceContextPropagator`
+//!   and with tracelink's `W3cTraceContextPropagator` (`inject-str`: the borrowed `traceparent`
+//!   the layers use with it), over a byte buffer, a `HashMap` and a list of header pairs.
 //!
 //! `sampled` exports through a batch processor into an exporter that discards; `unsampled` uses
-//! the `AlwaysOff` sampler. After criterion, the bench prints heap allocations per message,
-//! counted by a global allocator wrapper.
+//! the `AlwaysOff` sampler. After criterion, the bench prints heap allocations per message and
+//! per inject, counted by a global allocator wrapper (the per-inject table covers the brokers'
+//! carriers when built with `--features kafka,amqp,nats,sqs`).
 //!
 //! Run: `cargo bench --bench core`
 
@@ -28,7 +32,7 @@ use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMete
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tower::{service_fn, Service};
-use tracelink::core::carrier::{MapExtractor, MapInjector};
+use tracelink::core::carrier::{unique_value, MapExtractor, MapInjector, StrInjector};
 use tracelink::core::propagation::W3cTraceContextPropagator;
 use tracelink::core::{IncomingMessage, OutgoingMessage};
 use tracelink::{ConsumerLayer, Destination, Instrumentation, MessagingSystem, ProducerLayer};
@@ -124,13 +128,61 @@ fn yardstick(tracer: &opentelemetry_sdk::trace::SdkTracer, propagator: &TraceCon
     black_box(cx);
 }
 
-/// A carrier that only appends, standing in for a broker's header list.
-struct VecInjector<'a>(&'a mut Vec<(String, String)>);
+/// Stands for a client that copies header bytes into a buffer of its own (rdkafka's
+/// `OwnedHeaders`, a frame being written): reused between iterations, so the carrier itself
+/// allocates nothing and what a propagator allocates shows.
+struct WireInjector<'a>(&'a mut Vec<u8>);
 
-impl Injector for VecInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.push((key.to_owned(), value));
+impl WireInjector<'_> {
+    fn write(&mut self, key: &str, value: &str) {
+        self.0.extend_from_slice(key.as_bytes());
+        self.0.push(b':');
+        self.0.extend_from_slice(value.as_bytes());
+        self.0.push(b'\n');
     }
+}
+
+impl Injector for WireInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.write(key, &value);
+    }
+}
+
+impl StrInjector for WireInjector<'_> {
+    fn set_str(&mut self, key: &str, value: &str) {
+        self.write(key, value);
+    }
+}
+
+/// Headers as a broker delivers them: `(name, value)` pairs in order, looked up by a scan with
+/// the carrier rules (Kafka, NATS).
+struct PairsExtractor<'a>(&'a [(String, String)]);
+
+impl Extractor for PairsExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        unique_value(
+            self.0.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))),
+            key,
+        )
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k.as_str()).collect()
+    }
+}
+
+/// What a message from tracelink's producer carries: two application headers and `traceparent`.
+fn broker_headers(cx: &Context) -> Vec<(String, String)> {
+    let mut map = HashMap::new();
+    W3cTraceContextPropagator::new().inject_context(cx, &mut MapInjector(&mut map));
+    let mut pairs = vec![
+        ("content-type".to_owned(), "application/json".to_owned()),
+        (
+            "message-id".to_owned(),
+            "7d9f1c2e-8a41-4f0b-9d3e-1b2c3d4e5f60".to_owned(),
+        ),
+    ];
+    pairs.extend(map);
+    pairs
 }
 
 /// What the no-op publish service answers: the message as the broker would have received it.
@@ -251,23 +303,75 @@ fn benches(c: &mut Criterion) {
             black_box(propagator.extract(&MapExtractor(&headers)));
         })
     });
-    let mut headers = HashMap::new();
-    propagator.inject_context(&cx, &mut MapInjector(&mut headers));
-    let fast = W3cTraceContextPropagator::new();
+    propagators(c, &cx);
+}
+
+/// `propagator/{sdk,tracelink}/{inject,extract,extract-pairs}`: one propagator call, over the
+/// carriers described at [`WireInjector`], a `HashMap` (what the SDK's inject wrote: `traceparent`
+/// and an empty `tracestate`) and [`PairsExtractor`] ([`broker_headers`]).
+fn propagators(c: &mut Criterion, cx: &Context) {
+    let sdk = TraceContextPropagator::new();
+    let ours = W3cTraceContextPropagator::new();
+    let mut map = HashMap::new();
+    sdk.inject_context(cx, &mut MapInjector(&mut map));
+    let pairs = broker_headers(cx);
+    let mut wire = Vec::with_capacity(256);
     for (name, p) in [
-        ("sdk", &propagator as &dyn TextMapPropagator),
-        ("tracelink", &fast as &dyn TextMapPropagator),
+        ("sdk", &sdk as &dyn TextMapPropagator),
+        ("tracelink", &ours as &dyn TextMapPropagator),
     ] {
         c.bench_function(&format!("propagator/{name}/inject"), |b| {
             b.iter(|| {
-                let mut out: Vec<(String, String)> = Vec::with_capacity(2);
-                p.inject_context(&cx, &mut VecInjector(&mut out));
-                black_box(out);
+                wire.clear();
+                p.inject_context(cx, &mut WireInjector(&mut wire));
+                black_box(&wire);
             })
         });
+        if name == "tracelink" {
+            // What the layers do with this propagator installed: `traceparent` borrowed.
+            c.bench_function("propagator/tracelink/inject-str", |b| {
+                b.iter(|| {
+                    wire.clear();
+                    ours.inject_context_str(cx, &mut WireInjector(&mut wire));
+                    black_box(&wire);
+                })
+            });
+        }
         c.bench_function(&format!("propagator/{name}/extract"), |b| {
-            b.iter(|| black_box(p.extract(&MapExtractor(&headers))))
+            b.iter(|| black_box(p.extract(&MapExtractor(&map))))
         });
+        c.bench_function(&format!("propagator/{name}/extract-pairs"), |b| {
+            b.iter(|| black_box(p.extract(&PairsExtractor(&pairs))))
+        });
+    }
+}
+
+/// `TRACELINK_BENCH_CASE=propagator/<sdk|tracelink>/<inject|inject-str|extract|extract-pairs>`: one
+/// propagator operation `n` times, for callgrind.
+fn single_propagator_case(case: &str, n: u64) {
+    let provider = tracer_provider(true);
+    let cx = Context::new().with_span(provider.tracer("carrier").start("x"));
+    let sdk = TraceContextPropagator::new();
+    let ours = W3cTraceContextPropagator::new();
+    let p: &dyn TextMapPropagator = if case.contains("/sdk/") { &sdk } else { &ours };
+    let mut map = HashMap::new();
+    sdk.inject_context(&cx, &mut MapInjector(&mut map));
+    let pairs = broker_headers(&cx);
+    let mut wire = Vec::with_capacity(256);
+    for _ in 0..n {
+        if case.ends_with("/inject") {
+            wire.clear();
+            p.inject_context(&cx, &mut WireInjector(&mut wire));
+            black_box(&wire);
+        } else if case.ends_with("/inject-str") {
+            wire.clear();
+            ours.inject_context_str(&cx, &mut WireInjector(&mut wire));
+            black_box(&wire);
+        } else if case.ends_with("/extract") {
+            black_box(p.extract(&MapExtractor(&map)));
+        } else {
+            black_box(p.extract(&PairsExtractor(&pairs)));
+        }
     }
 }
 
@@ -299,6 +403,126 @@ fn allocations_per_message() {
             ours as f64 / N as f64
         );
         let _ = provider.shutdown();
+    }
+}
+
+/// Heap allocations (Rust's global allocator) per inject of one sampled context, as the producer
+/// layers inject: `Instrumentation::inject_message` with the SDK's propagator, and with
+/// tracelink's (which hands `traceparent` over borrowed). Broker carriers are counted when the
+/// bench is built with their feature; building and dropping the message itself is measured
+/// separately and subtracted. What a C client allocates inside (librdkafka) is not counted here.
+fn allocations_per_inject() {
+    const N: u64 = 10_000;
+    let provider = tracer_provider(true);
+    let cx = Context::new().with_span(provider.tracer("carrier").start("x"));
+    let sdk = Instrumentation::builder(MessagingSystem::new("bench"))
+        .with_propagator(TraceContextPropagator::new())
+        .build();
+    let ours = Instrumentation::builder(MessagingSystem::new("bench"))
+        .with_propagator(W3cTraceContextPropagator::new())
+        .build();
+    let per_op = |f: &mut dyn FnMut()| {
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..N {
+            f();
+        }
+        (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64
+    };
+    println!("\nheap allocations per inject (SDK propagator / tracelink's), {N} injects:");
+    /// Allocations of `inject` into a fresh message from `make`, less those of `make` alone.
+    fn row<M: OutgoingMessage>(
+        name: &str,
+        per_op: &dyn Fn(&mut dyn FnMut()) -> f64,
+        make: &dyn Fn() -> M,
+        instrs: [&Instrumentation; 2],
+        cx: &Context,
+    ) {
+        let base = per_op(&mut || drop(black_box(make())));
+        let [sdk, ours] = instrs.map(|instr| {
+            per_op(&mut || {
+                let mut m = make();
+                instr.inject_message(cx, &mut m);
+                drop(black_box(m));
+            }) - base
+        });
+        println!("  {name:44} {sdk:5.1} / {ours:5.1}");
+    }
+    let mut wire = Vec::with_capacity(256);
+    let wire_counts = [&sdk, &ours].map(|instr| {
+        per_op(&mut || {
+            wire.clear();
+            let mut m = WireMsg(&mut wire);
+            instr.inject_message(&cx, &mut m);
+        })
+    });
+    println!(
+        "  {:44} {:5.1} / {:5.1}",
+        "wire buffer (a client that copies bytes)", wire_counts[0], wire_counts[1]
+    );
+    row(
+        "HashMap<String, String>",
+        &per_op,
+        &|| Msg {
+            headers: HashMap::new(),
+        },
+        [&sdk, &ours],
+        &cx,
+    );
+    #[cfg(feature = "kafka")]
+    row(
+        "kafka: KafkaRecord, no headers of its own",
+        &per_op,
+        &|| tracelink::kafka::KafkaRecord::new("orders"),
+        [&sdk, &ours],
+        &cx,
+    );
+    #[cfg(feature = "kafka")]
+    row(
+        "kafka: KafkaRecord with one header",
+        &per_op,
+        &|| tracelink::kafka::KafkaRecord::new("orders").with_header("content-type", "json"),
+        [&sdk, &ours],
+        &cx,
+    );
+    #[cfg(feature = "amqp")]
+    row(
+        "amqp: Publish (FieldTable), no headers",
+        &per_op,
+        &|| tracelink::amqp::Publish::new("".into(), "orders".into(), b"{}".to_vec()),
+        [&sdk, &ours],
+        &cx,
+    );
+    #[cfg(feature = "nats")]
+    row(
+        "nats: Publish (HeaderMap), no headers",
+        &per_op,
+        &|| tracelink::nats::Publish::new("orders", &b"{}"[..]),
+        [&sdk, &ours],
+        &cx,
+    );
+    #[cfg(feature = "sqs")]
+    row(
+        "sqs: SendRequest (staged attributes)",
+        &per_op,
+        &|| tracelink::sqs::SendRequest::new("http://127.0.0.1:5000/000000000000/orders", "{}"),
+        [&sdk, &ours],
+        &cx,
+    );
+    let _ = provider.shutdown();
+}
+
+/// An outgoing message over a [`WireInjector`].
+struct WireMsg<'a>(&'a mut Vec<u8>);
+
+impl OutgoingMessage for WireMsg<'_> {
+    fn destination(&self) -> Destination<'_> {
+        Destination::new("orders")
+    }
+    fn with_headers_mut(&mut self, f: &mut dyn FnMut(&mut dyn Injector)) {
+        f(&mut WireInjector(self.0))
+    }
+    fn with_str_injector(&mut self, f: &mut dyn FnMut(&mut dyn StrInjector)) {
+        f(&mut WireInjector(self.0))
     }
 }
 
@@ -343,10 +567,21 @@ fn main() {
             .ok()
             .and_then(|n| n.parse().ok())
             .unwrap_or(10_000);
-        single_case(&case, n);
+        if case.starts_with("propagator/") {
+            single_propagator_case(&case, n);
+        } else {
+            single_case(&case, n);
+        }
+        return;
+    }
+    if std::env::var_os("TRACELINK_BENCH_ALLOCS").is_some() {
+        // Allocation counts only: `TRACELINK_BENCH_ALLOCS=1 cargo test --bench core --features
+        // kafka,amqp,nats,sqs` (a debug build; the counts do not depend on optimisation).
+        allocations_per_inject();
         return;
     }
     core();
     Criterion::default().configure_from_args().final_summary();
     allocations_per_message();
+    allocations_per_inject();
 }

@@ -14,6 +14,7 @@
 //! * **Replace, don't duplicate.** Injecting a key that is already present replaces it.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use opentelemetry::propagation::{Extractor, Injector};
 
@@ -39,7 +40,7 @@ where
 {
     let mut found: Option<&'a str> = None;
     for (name, value) in entries {
-        if !name.eq_ignore_ascii_case(key) {
+        if !name_matches(name, key) {
             continue;
         }
         match (found, value) {
@@ -52,6 +53,12 @@ where
     found
 }
 
+/// `name == key` ignoring ASCII case; the exact match, the common case, compared word-wide first.
+#[inline]
+fn name_matches(name: &str, key: &str) -> bool {
+    name.len() == key.len() && (name == key || name.eq_ignore_ascii_case(key))
+}
+
 /// Every value of `key` among `entries` (case-insensitive names, text values only), for
 /// [`Extractor::get_all`].
 pub fn all_values<'a, I>(entries: I, key: &str) -> Option<Vec<&'a str>>
@@ -60,7 +67,7 @@ where
 {
     let values: Vec<&'a str> = entries
         .into_iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case(key))
+        .filter(|(name, _)| name_matches(name, key))
         .filter_map(|(_, value)| value)
         .collect();
     (!values.is_empty()).then_some(values)
@@ -85,19 +92,56 @@ impl Injector for MapInjector<'_> {
     }
 }
 
+impl StrInjector for MapInjector<'_> {}
+
+/// An [`Injector`] that also takes a borrowed value, for carriers whose client copies header
+/// bytes itself (rdkafka's `OwnedHeaders`, a frame being written): tracelink's
+/// [`W3cTraceContextPropagator`](crate::propagation::W3cTraceContextPropagator) writes
+/// `traceparent` through it from a stack buffer, so injecting allocates nothing.
+///
+/// Implement it on an injector whose header type can copy from `&str`; one whose client keeps an
+/// owned `String` or `Vec<u8>` (AMQP `LongString`, NATS `HeaderValue`, SQS attributes, a
+/// `HashMap<String, String>`) gains nothing over the default and can write `impl StrInjector for
+/// MyInjector<'_> {}`. [`CopyingInjector`] lends any [`Injector`] as one.
+pub trait StrInjector: Injector {
+    /// Sets `key` to `value` by the same rules as [`Injector::set`]: replace any copy of `key`
+    /// (in any ASCII case), skip what the header type cannot hold, never fail. The default
+    /// copies `value` into the `String` that `set` takes.
+    fn set_str(&mut self, key: &str, value: &str) {
+        self.set(key, value.to_owned());
+    }
+}
+
+/// Any [`Injector`] as a [`StrInjector`]: a borrowed value is copied into a `String` for
+/// [`Injector::set`].
+pub struct CopyingInjector<'a>(pub &'a mut dyn Injector);
+
+impl fmt::Debug for CopyingInjector<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CopyingInjector")
+    }
+}
+
+impl Injector for CopyingInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.set(key, value);
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        self.0.reserve(additional);
+    }
+}
+
+impl StrInjector for CopyingInjector<'_> {}
+
 /// Extracts from a `HashMap<String, String>`, matching keys case-insensitively.
 #[derive(Debug, Clone, Copy)]
 pub struct MapExtractor<'a>(pub &'a HashMap<String, String>);
 
 impl Extractor for MapExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        // The exact key is the common case; only fall back to a scan when it is absent or when a
-        // differently-cased twin could make it ambiguous.
-        if let Some(v) = self.0.get(key) {
-            if self.0.len() == 1 {
-                return Some(v.as_str());
-            }
-        }
+        // A scan, not a hash lookup: an exact hit would still need the scan for a
+        // differently-cased twin, and a message carries a handful of headers.
         unique_value(
             self.0.iter().map(|(k, v)| (k.as_str(), Some(v.as_str()))),
             key,
@@ -143,46 +187,83 @@ const HEX_VALUE: [u8; 256] = {
     table
 };
 
-/// Decodes lower-case hex `text` into `out` (two digits a byte); `false` on any other byte.
-fn decode_hex(text: &[u8], out: &mut [u8]) -> bool {
-    let mut bad = 0u8;
-    for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
-        let (hi, lo) = (
-            HEX_VALUE[usize::from(pair[0])],
-            HEX_VALUE[usize::from(pair[1])],
-        );
-        bad |= hi | lo;
-        *byte = (hi << 4) | (lo & 0x0f);
+/// The byte of two lower-case hex digits; any other digit sets high bits in `bad`.
+fn hex_byte(hi: u8, lo: u8, bad: &mut u8) -> u8 {
+    let (hi, lo) = (HEX_VALUE[usize::from(hi)], HEX_VALUE[usize::from(lo)]);
+    *bad |= hi | lo;
+    (hi << 4) | (lo & 0x0f)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+
+/// Eight lower-case hex digits as a big-endian `u32`, or `None` if any is not one: a few
+/// word-wide operations instead of a table lookup a digit. Each byte is decoded as if it were a
+/// digit, re-encoded, and compared with the input: only a lower-case hex digit survives the round
+/// trip (no carry crosses a byte: every intermediate byte stays below 0x80 + 24).
+fn hex8(digits: [u8; 8]) -> Option<u32> {
+    let x = u64::from_be_bytes(digits);
+    // Bit 6 marks a letter ('a'..='f' end in 1..=6 and are worth 9 more); digits end in 0..=9.
+    let letter = (x >> 6) & ONES;
+    let nibbles = (x & (ONES * 0x0f)) + letter * 9;
+    let above_nine = ((nibbles + ONES * (0x80 - 10)) >> 7) & ONES;
+    let encoded = nibbles + ONES * u64::from(b'0') + above_nine * u64::from(b'a' - b'0' - 10);
+    // A value of 16 or more ('g'..) re-encodes to itself but is no digit.
+    if encoded != x || nibbles & (ONES * 0x10) != 0 {
+        return None;
     }
-    // Valid digits are below 16; INVALID has the high bits set.
-    bad & 0xf0 == 0
+    // Pack the nibble in each byte: pairs into bytes, then bytes into the low 32 bits.
+    let bytes = (nibbles | (nibbles >> 4)) & 0x00ff_00ff_00ff_00ff;
+    let halves = (bytes | (bytes >> 8)) & 0x0000_ffff_0000_ffff;
+    Some(((halves | (halves >> 16)) & 0xffff_ffff) as u32)
+}
+
+/// Sixteen lower-case hex digits as a big-endian `u64`, or `None` if any is not one.
+fn hex16(digits: &[u8; 16]) -> Option<u64> {
+    let mut hi = [0u8; 8];
+    let mut lo = [0u8; 8];
+    hi.copy_from_slice(&digits[..8]);
+    lo.copy_from_slice(&digits[8..]);
+    Some((u64::from(hex8(hi)?) << 32) | u64::from(hex8(lo)?))
 }
 
 /// The fields of a well-formed `traceparent` (see [`is_valid_traceparent`]): trace id, span id
-/// and the flags byte, decoded in one pass.
-pub(crate) fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8], u8)> {
-    let v = value.trim_matches(|c| c == ' ' || c == '\t').as_bytes();
-    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+/// and the flags byte.
+pub(crate) fn parse_traceparent(value: &str) -> Option<(u128, u64, u8)> {
+    let v = value.as_bytes();
+    // Optional whitespace around the value (W3C OWS): trimmed only when present.
+    let v = if v.first().is_some_and(|b| matches!(b, b' ' | b'\t'))
+        || v.last().is_some_and(|b| matches!(b, b' ' | b'\t'))
+    {
+        value.trim_matches(|c| c == ' ' || c == '\t').as_bytes()
+    } else {
+        v
+    };
+    // Fixed-size slices let the decoding below run without bounds checks.
+    let head: &[u8; 55] = v.get(..55)?.try_into().ok()?;
+    if head[2] != b'-' || head[35] != b'-' || head[52] != b'-' {
         return None;
     }
-    let mut version = [0u8; 1];
-    let mut trace_id = [0u8; 16];
-    let mut span_id = [0u8; 8];
-    let mut flags = [0u8; 1];
-    let ok = decode_hex(&v[0..2], &mut version)
-        & decode_hex(&v[3..35], &mut trace_id)
-        & decode_hex(&v[36..52], &mut span_id)
-        & decode_hex(&v[53..55], &mut flags);
-    if !ok || version[0] == 0xff || trace_id == [0; 16] || span_id == [0; 8] {
+    let mut bad = 0u8;
+    let version = hex_byte(head[0], head[1], &mut bad);
+    let flags = hex_byte(head[53], head[54], &mut bad);
+    // Valid digits are below 16; INVALID has the high bits set.
+    if bad & 0xf0 != 0 || version == 0xff {
         return None;
     }
-    let well_formed = match (version[0], v.len()) {
+    let trace_hi = hex16(head[3..19].try_into().ok()?)?;
+    let trace_lo = hex16(head[19..35].try_into().ok()?)?;
+    let trace_id = (u128::from(trace_hi) << 64) | u128::from(trace_lo);
+    let span_id = hex16(head[36..52].try_into().ok()?)?;
+    if trace_id == 0 || span_id == 0 {
+        return None;
+    }
+    let well_formed = match (version, v.len()) {
         (0, len) => len == 55,
         // Later versions may append fields after a dash.
         (_, 55) => true,
         (_, _) => v[55] == b'-',
     };
-    well_formed.then_some((trace_id, span_id, flags[0]))
+    well_formed.then_some((trace_id, span_id, flags))
 }
 
 const TRACEPARENT: &str = "traceparent";
@@ -300,6 +381,29 @@ mod tests {
         ] {
             assert!(!is_valid_traceparent(bad), "{bad}");
         }
+    }
+
+    /// The word-wide decoder against the table, for every byte in every position.
+    #[test]
+    fn hex8_matches_the_table() {
+        let base = *b"0af76519";
+        for pos in 0..8 {
+            for byte in 0..=255u8 {
+                let mut digits = base;
+                digits[pos] = byte;
+                let mut bad = 0u8;
+                let mut expected = [0u8; 4];
+                for (i, out) in expected.iter_mut().enumerate() {
+                    *out = hex_byte(digits[2 * i], digits[2 * i + 1], &mut bad);
+                }
+                let expected = (bad & 0xf0 == 0).then(|| u32::from_be_bytes(expected));
+                assert_eq!(hex8(digits), expected, "{digits:?}");
+            }
+        }
+        assert_eq!(hex8(*b"ffffffff"), Some(u32::MAX));
+        assert_eq!(hex8(*b"00000000"), Some(0));
+        assert_eq!(hex8(*b"01234567"), Some(0x0123_4567));
+        assert_eq!(hex8(*b"89abcdef"), Some(0x89ab_cdef));
     }
 
     #[test]

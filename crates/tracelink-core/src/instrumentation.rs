@@ -1,5 +1,6 @@
 //! The shared configuration behind every layer, and the span logic itself.
 
+use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::carrier::Bounded;
 use crate::link_mode::LinkMode;
 use crate::message::{Destination, IncomingMessage, MessagingSystem, OutgoingMessage};
 use crate::metrics::{MetricKind, MetricSet, Metrics, SetKey};
+use crate::propagation::{W3cCompositePropagator, W3cTraceContextPropagator};
 use crate::span_name::SpanName;
 
 /// `error.type` recorded when an operation's future is dropped before it completed.
@@ -57,6 +59,9 @@ struct Inner {
     system: MessagingSystem,
     tracer: BoxedTracer,
     propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
+    /// Set when `propagator` is tracelink's W3C propagator (alone or composed): inject then
+    /// writes `traceparent` borrowed, and extract skips the generic bounds check.
+    w3c: Option<W3cCompositePropagator>,
     span_name: SpanName,
     captured_headers: Vec<(String, Key)>,
     baggage_policy: BaggagePolicy,
@@ -93,6 +98,7 @@ impl Instrumentation {
             tracer: None,
             meter: None,
             propagator: None,
+            w3c: None,
             link_mode: LinkMode::default(),
             span_name: SpanName::default(),
             captured_headers: Vec::new(),
@@ -143,10 +149,27 @@ impl Instrumentation {
         }
     }
 
+    /// Injects `cx` into `message`'s headers as the producer layers do. When the configured
+    /// propagator is tracelink's [`W3cTraceContextPropagator`] (alone or
+    /// [`followed_by`](W3cTraceContextPropagator::followed_by) others), `traceparent` goes
+    /// through [`OutgoingMessage::with_str_injector`] borrowed from a stack buffer; otherwise
+    /// through [`OutgoingMessage::with_headers_mut`] and [`inject`](Self::inject).
+    pub fn inject_message<M: OutgoingMessage + ?Sized>(&self, cx: &Context, message: &mut M) {
+        match &self.inner.w3c {
+            Some(w3c) => {
+                message.with_str_injector(&mut |injector| w3c.inject_context_str(cx, injector))
+            }
+            None => message.with_headers_mut(&mut |injector| self.inject(cx, injector)),
+        }
+    }
+
     /// Extracts a context from `extractor` through the configured (or global) propagator,
     /// relative to an empty context so nothing ambient leaks in. Values longer than
     /// [`MAX_HEADER_VALUE_LEN`](crate::carrier::MAX_HEADER_VALUE_LEN) read as absent.
     pub fn extract(&self, extractor: &dyn Extractor) -> Context {
+        if let Some(w3c) = &self.inner.w3c {
+            return w3c.extract_bounded(extractor);
+        }
         let bounded = Bounded(extractor);
         let empty = Context::new();
         match &self.inner.propagator {
@@ -325,7 +348,7 @@ impl Instrumentation {
             span.set_attributes(details);
         }
         let cx = parent.with_span(span);
-        message.with_headers_mut(&mut |injector| self.inject(&cx, injector));
+        self.inject_message(&cx, message);
         Operation::new(self.clone(), cx, metric)
     }
 
@@ -709,6 +732,7 @@ pub struct InstrumentationBuilder {
     tracer: Option<BoxedTracer>,
     meter: Option<opentelemetry::metrics::Meter>,
     propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
+    w3c: Option<W3cCompositePropagator>,
     link_mode: LinkMode,
     span_name: SpanName,
     captured_headers: Vec<String>,
@@ -746,6 +770,13 @@ impl InstrumentationBuilder {
     where
         P: TextMapPropagator + Send + Sync + 'static,
     {
+        // tracelink's own W3C propagator is recognised once, here, for the allocation-free path.
+        let any: &dyn Any = &propagator;
+        self.w3c = if any.is::<W3cTraceContextPropagator>() {
+            Some(W3cCompositePropagator::default())
+        } else {
+            any.downcast_ref::<W3cCompositePropagator>().cloned()
+        };
         self.propagator = Some(Arc::new(propagator));
         self
     }
@@ -833,6 +864,7 @@ impl InstrumentationBuilder {
                 system: self.system,
                 tracer,
                 propagator: self.propagator,
+                w3c: self.w3c,
                 span_name: self.span_name,
                 captured_headers,
                 baggage_policy: self.baggage_policy,

@@ -6,6 +6,8 @@ use std::borrow::Cow;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::KeyValue;
 
+use crate::carrier::{CopyingInjector, StrInjector};
+
 /// The messaging system a layer talks to, and the connection it uses.
 ///
 /// `name` is the `messaging.system` value (`kafka`, `rabbitmq`, `aws_sqs`, `nats`, ...). The
@@ -155,15 +157,29 @@ impl<'a> Destination<'a> {
 
 /// A message about to be published.
 ///
-/// The core calls [`with_headers_mut`](OutgoingMessage::with_headers_mut) once to inject the
-/// producer span's context; the adapter hands over an [`Injector`] over the message's headers that
-/// replaces keys already present.
+/// The core calls [`with_headers_mut`](OutgoingMessage::with_headers_mut) (or
+/// [`with_str_injector`](OutgoingMessage::with_str_injector)) once to inject the producer span's
+/// context; the adapter hands over an [`Injector`] over the message's headers that replaces keys
+/// already present.
 pub trait OutgoingMessage {
     /// Where the message goes.
     fn destination(&self) -> Destination<'_>;
 
     /// Calls `f` with an injector over the message's headers.
     fn with_headers_mut(&mut self, f: &mut dyn FnMut(&mut dyn Injector));
+
+    /// Calls `f` with a [`StrInjector`] over the message's headers: what the core uses instead
+    /// of [`with_headers_mut`](OutgoingMessage::with_headers_mut) when the installed propagator
+    /// is tracelink's [`W3cTraceContextPropagator`], which hands `traceparent` over borrowed.
+    ///
+    /// The default lends `with_headers_mut`'s injector through [`CopyingInjector`], which copies
+    /// the value into a `String`. Override it when the client copies header bytes itself, so
+    /// that injecting allocates nothing.
+    ///
+    /// [`W3cTraceContextPropagator`]: crate::propagation::W3cTraceContextPropagator
+    fn with_str_injector(&mut self, f: &mut dyn FnMut(&mut dyn StrInjector)) {
+        self.with_headers_mut(&mut |injector| f(&mut CopyingInjector(injector)));
+    }
 
     /// `messaging.message.id`, when the application set one.
     fn message_id(&self) -> Option<&str> {

@@ -152,7 +152,8 @@ impl MetricSets {
         &self,
         key: SetKey<'_>,
         build: impl FnOnce() -> Vec<KeyValue>,
-        #[cfg_attr(not(feature = "bound-metrics"), allow(unused_variables))] histograms: &Histograms,
+        #[cfg_attr(not(feature = "bound-metrics"), allow(unused_variables))]
+        histograms: &Histograms,
     ) -> Arc<MetricSet> {
         let hash = FxBuildHasher.hash_one(key);
         if let Ok(sets) = self.sets.read() {

@@ -3,12 +3,16 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::baggage::BaggageExt;
+use opentelemetry::propagation::{Injector, TextMapCompositePropagator, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
-use opentelemetry::Context;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tracelink_core::carrier::{is_valid_traceparent, MapExtractor, MapInjector};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use tracelink_core::carrier::{
+    is_valid_traceparent, MapExtractor, MapInjector, StrInjector, MAX_HEADER_VALUE_LEN,
+};
 use tracelink_core::propagation::W3cTraceContextPropagator;
+use tracelink_core::{Destination, Instrumentation, MessagingSystem, OutgoingMessage};
 
 /// A small deterministic generator, so failures reproduce.
 struct Lcg(u64);
@@ -176,4 +180,266 @@ fn fields_are_the_sdks() {
     let ours: Vec<_> = a.fields().collect();
     let sdk: Vec<_> = b.fields().collect();
     assert_eq!(ours, sdk);
+}
+
+/// The hostile inputs of the tests above, plus values around the layers' length bound.
+fn hostile_headers() -> Vec<HashMap<String, String>> {
+    let valid = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let future = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let long_state: String = (0..1000)
+        .map(|i| format!("k{i}=v"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cases = vec![
+        headers("", None),
+        headers("00-abc-def-01", None),
+        headers(&valid.to_uppercase(), None),
+        headers(&format!("{valid}-extra"), None),
+        headers(valid, None),
+        headers(valid, Some("")),
+        headers(valid, Some("congo=t61rcWkgMzE")),
+        headers(valid, Some("invalid state")),
+        headers(valid, Some(&long_state)),
+        headers(valid, Some(&"a".repeat(MAX_HEADER_VALUE_LEN))),
+        headers(
+            valid,
+            Some(&format!("k={}", "v".repeat(MAX_HEADER_VALUE_LEN - 2))),
+        ),
+        headers(
+            valid,
+            Some(&format!("k={}", "v".repeat(MAX_HEADER_VALUE_LEN - 1))),
+        ),
+        headers(
+            &format!("{future}-{}", "x".repeat(MAX_HEADER_VALUE_LEN)),
+            None,
+        ),
+        headers(
+            &format!("{future}-{}", "x".repeat(MAX_HEADER_VALUE_LEN - 56)),
+            None,
+        ),
+        headers(&" ".repeat(MAX_HEADER_VALUE_LEN + 1), None),
+    ];
+    let mut twins = headers(valid, None);
+    twins.insert(
+        "Traceparent".into(),
+        "00-11111111111111111111111111111111-2222222222222222-01".into(),
+    );
+    cases.push(twins);
+    let mut cased = HashMap::new();
+    cased.insert("TraceParent".to_string(), valid.to_string());
+    cased.insert("TRACESTATE".to_string(), "rojo=1".to_string());
+    cases.push(cased);
+    let mut with_baggage = headers(valid, None);
+    with_baggage.insert("baggage".into(), "user=alice,tenant=7".into());
+    cases.push(with_baggage);
+    cases
+}
+
+fn instrumentation<P>(propagator: P) -> Instrumentation
+where
+    P: TextMapPropagator + Send + Sync + 'static,
+{
+    Instrumentation::builder(MessagingSystem::new("test"))
+        .with_propagator(propagator)
+        .build()
+}
+
+fn baggage_of(cx: &Context) -> Vec<(String, String)> {
+    let mut items: Vec<_> = cx
+        .baggage()
+        .iter()
+        .map(|(k, (v, _))| (k.to_string(), v.to_string()))
+        .collect();
+    items.sort();
+    items
+}
+
+/// The layers read our propagator through a path of their own (no second shape check, the
+/// length bound applied inline): it must give what the generic path gives, which a composite
+/// the layers cannot look into takes.
+#[test]
+fn layers_extract_the_same_through_either_path() {
+    let fast = instrumentation(W3cTraceContextPropagator::new());
+    let generic = instrumentation(TextMapCompositePropagator::new(vec![Box::new(
+        W3cTraceContextPropagator::new(),
+    )]));
+    let fast_baggage =
+        instrumentation(W3cTraceContextPropagator::new().followed_by(BaggagePropagator::new()));
+    let generic_baggage = instrumentation(TextMapCompositePropagator::new(vec![
+        Box::new(W3cTraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ]));
+    for h in hostile_headers() {
+        let label = format!("{:.80?}", h);
+        let ours = fast.extract(&MapExtractor(&h));
+        assert_eq!(
+            summary(&ours),
+            summary(&generic.extract(&MapExtractor(&h))),
+            "{label}"
+        );
+        let (a, b) = (
+            fast_baggage.extract(&MapExtractor(&h)),
+            generic_baggage.extract(&MapExtractor(&h)),
+        );
+        assert_eq!(summary(&a), summary(&b), "{label}");
+        assert_eq!(baggage_of(&a), baggage_of(&b), "{label}");
+    }
+}
+
+/// A traceparent just past the bound reads as absent through both paths, and one within it is
+/// read: the bound is applied, not merely the same on both sides.
+#[test]
+fn layers_bound_header_lengths() {
+    let fast = instrumentation(W3cTraceContextPropagator::new());
+    let future = "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let within = headers(
+        &format!("{future}-{}", "x".repeat(MAX_HEADER_VALUE_LEN - 56)),
+        None,
+    );
+    let past = headers(
+        &format!("{future}-{}", "x".repeat(MAX_HEADER_VALUE_LEN - 55)),
+        None,
+    );
+    assert!(summary(&fast.extract(&MapExtractor(&within))).is_some());
+    assert!(summary(&fast.extract(&MapExtractor(&past))).is_none());
+    let long_state = headers(
+        future,
+        Some(&format!("k={}", "v".repeat(MAX_HEADER_VALUE_LEN - 1))),
+    );
+    let sc = summary(&fast.extract(&MapExtractor(&long_state))).unwrap();
+    assert_eq!(sc.3, "", "an over-long tracestate reads as absent");
+}
+
+/// A carrier that records what it was given, and how.
+#[derive(Default)]
+struct Recording {
+    borrowed: Vec<(String, String)>,
+    owned: Vec<(String, String)>,
+}
+
+impl Injector for Recording {
+    fn set(&mut self, key: &str, value: String) {
+        self.owned.push((key.to_owned(), value));
+    }
+}
+
+impl StrInjector for Recording {
+    fn set_str(&mut self, key: &str, value: &str) {
+        self.borrowed.push((key.to_owned(), value.to_owned()));
+    }
+}
+
+#[test]
+fn str_injection_writes_the_same_headers_and_traceparent_borrowed() {
+    let mut rng = Lcg(11);
+    let mut cx_baggage = None;
+    for i in 0..500 {
+        let trace = TraceId::from_bytes(
+            ((u128::from(rng.next()) << 64) | u128::from(rng.next())).to_be_bytes(),
+        );
+        let span = SpanId::from_bytes(rng.next().to_be_bytes());
+        let state = if i % 2 == 0 {
+            TraceState::default()
+        } else {
+            TraceState::from_str("rojo=00f067aa0ba902b7").unwrap()
+        };
+        let flags = TraceFlags::new((rng.next() % 256) as u8);
+        let cx = Context::new()
+            .with_remote_span_context(SpanContext::new(trace, span, flags, false, state))
+            .with_baggage([KeyValue::new("user", "alice")]);
+        let mut plain = HashMap::new();
+        W3cTraceContextPropagator::new().inject_context(&cx, &mut MapInjector(&mut plain));
+        let mut rec = Recording::default();
+        W3cTraceContextPropagator::new().inject_context_str(&cx, &mut rec);
+        assert_eq!(rec.borrowed.len(), 1);
+        assert_eq!(rec.borrowed[0].0, "traceparent");
+        let mut all: HashMap<String, String> = rec.borrowed.into_iter().chain(rec.owned).collect();
+        assert_eq!(all, plain);
+
+        // Composed with baggage: the same headers as the API's composite of the two.
+        let composite = W3cTraceContextPropagator::new().followed_by(BaggagePropagator::new());
+        let reference = TextMapCompositePropagator::new(vec![
+            Box::new(W3cTraceContextPropagator::new()),
+            Box::new(BaggagePropagator::new()),
+        ]);
+        let mut expected = HashMap::new();
+        reference.inject_context(&cx, &mut MapInjector(&mut expected));
+        let mut via_str = Recording::default();
+        composite.inject_context_str(&cx, &mut via_str);
+        all = via_str.borrowed.into_iter().chain(via_str.owned).collect();
+        assert_eq!(all, expected);
+        let mut via_injector = HashMap::new();
+        composite.inject_context(&cx, &mut MapInjector(&mut via_injector));
+        assert_eq!(via_injector, expected);
+        assert!(expected.contains_key("baggage"));
+        cx_baggage = Some(expected);
+    }
+    let h = cx_baggage.unwrap();
+    let composite = W3cTraceContextPropagator::new().followed_by(BaggagePropagator::new());
+    assert_eq!(
+        baggage_of(&composite.extract(&MapExtractor(&h))),
+        vec![("user".to_owned(), "alice".to_owned())]
+    );
+    let fields: Vec<_> = composite.fields().collect();
+    assert_eq!(fields, vec!["traceparent", "tracestate", "baggage"]);
+}
+
+/// A message whose carrier takes borrowed values, to see which path the layers' inject took.
+struct Message {
+    headers: Recording,
+}
+
+impl OutgoingMessage for Message {
+    fn destination(&self) -> Destination<'_> {
+        Destination::new("q")
+    }
+    fn with_headers_mut(&mut self, f: &mut dyn FnMut(&mut dyn Injector)) {
+        f(&mut self.headers)
+    }
+    fn with_str_injector(&mut self, f: &mut dyn FnMut(&mut dyn StrInjector)) {
+        f(&mut self.headers)
+    }
+}
+
+#[test]
+fn instrumentation_injects_traceparent_borrowed_only_for_our_propagator() {
+    let cx = Context::new()
+        .with_remote_span_context(SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        ))
+        .with_baggage([KeyValue::new("user", "alice")]);
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let inject = |instr: &Instrumentation| {
+        let mut m = Message {
+            headers: Recording::default(),
+        };
+        instr.inject_message(&cx, &mut m);
+        (m.headers.borrowed, m.headers.owned)
+    };
+    let tp = || vec![("traceparent".to_owned(), traceparent.to_owned())];
+    let baggage = || vec![("baggage".to_owned(), "user=alice".to_owned())];
+    assert_eq!(
+        inject(&instrumentation(W3cTraceContextPropagator::new())),
+        (tp(), vec![])
+    );
+    assert_eq!(
+        inject(&instrumentation(
+            W3cTraceContextPropagator::new().followed_by(BaggagePropagator::new())
+        )),
+        (tp(), baggage())
+    );
+    // Any other propagator goes through the plain injector, as before.
+    let (borrowed, owned) = inject(&instrumentation(TextMapCompositePropagator::new(vec![
+        Box::new(W3cTraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])));
+    assert!(borrowed.is_empty());
+    assert_eq!(owned, [tp(), baggage()].concat());
+    let (borrowed, owned) = inject(&instrumentation(TraceContextPropagator::new()));
+    assert!(borrowed.is_empty());
+    assert_eq!(owned[0], tp()[0]);
 }

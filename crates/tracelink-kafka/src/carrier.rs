@@ -16,7 +16,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use tracelink_core::carrier::{all_values, text, unique_value};
+use tracelink_core::carrier::{all_values, text, unique_value, StrInjector};
 
 /// Injects into rdkafka's [`OwnedHeaders`], replacing any header of the same name (ignoring ASCII
 /// case) and keeping the others.
@@ -25,33 +25,65 @@ pub struct HeaderInjector<'a>(pub &'a mut OwnedHeaders);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        // Headers rdkafka cannot read (a non-UTF-8 name copied from a consumed message) are
-        // kept as they are: the new value is appended rather than failing or dropping them.
-        let present = guarded(&*self.0, |h| {
-            h.iter().any(|header| header.key.eq_ignore_ascii_case(key))
-        })
-        .unwrap_or(false);
-        if present {
-            // `OwnedHeaders` cannot remove an entry: rebuild it without the stale copies.
-            let rebuilt = guarded(&*self.0, |h| {
-                let mut rebuilt = OwnedHeaders::new_with_capacity(h.count() + 1);
-                for header in h.iter() {
-                    if !header.key.eq_ignore_ascii_case(key) {
-                        rebuilt = rebuilt.insert(header);
-                    }
-                }
-                rebuilt
-            });
-            if let Some(rebuilt) = rebuilt {
-                *self.0 = rebuilt;
-            }
-        }
-        let headers = std::mem::take(self.0);
-        *self.0 = headers.insert(Header {
-            key,
-            value: Some(value.as_bytes()),
-        });
+        self.set_str(key, &value);
     }
+}
+
+/// rdkafka copies a header's bytes into librdkafka's own list: `traceparent` goes in borrowed.
+impl StrInjector for HeaderInjector<'_> {
+    fn set_str(&mut self, key: &str, value: &str) {
+        // `insert` takes the headers by value: leave an empty list in their place meanwhile.
+        let headers = std::mem::take(self.0);
+        *self.0 = insert_replacing(headers, key, value.as_bytes());
+    }
+}
+
+/// The injector of [`KafkaRecord`](crate::KafkaRecord), over its optional headers: the same
+/// rules as [`HeaderInjector`], without the placeholder list `HeaderInjector` needs (one
+/// librdkafka allocation and free a header), and no list at all until a header is set.
+pub(crate) struct RecordInjector<'a>(pub(crate) &'a mut Option<OwnedHeaders>);
+
+impl Injector for RecordInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.set_str(key, &value);
+    }
+}
+
+impl StrInjector for RecordInjector<'_> {
+    fn set_str(&mut self, key: &str, value: &str) {
+        let headers = self.0.take().unwrap_or_default();
+        *self.0 = Some(insert_replacing(headers, key, value.as_bytes()));
+    }
+}
+
+/// `headers` with `key` set to `value`: every copy of `key` (any ASCII case) removed, the other
+/// headers kept in order, the new one appended.
+fn insert_replacing(headers: OwnedHeaders, key: &str, value: &[u8]) -> OwnedHeaders {
+    // Headers rdkafka cannot read (a non-UTF-8 name copied from a consumed message) are kept as
+    // they are: the new value is appended rather than failing or dropping them.
+    let present = guarded(&headers, |h| {
+        h.iter().any(|header| header.key.eq_ignore_ascii_case(key))
+    })
+    .unwrap_or(false);
+    let headers = if present {
+        // `OwnedHeaders` cannot remove an entry: rebuild it without the stale copies.
+        let rebuilt = guarded(&headers, |h| {
+            let mut rebuilt = OwnedHeaders::new_with_capacity(h.count() + 1);
+            for header in h.iter() {
+                if !header.key.eq_ignore_ascii_case(key) {
+                    rebuilt = rebuilt.insert(header);
+                }
+            }
+            rebuilt
+        });
+        rebuilt.unwrap_or(headers)
+    } else {
+        headers
+    };
+    headers.insert(Header {
+        key,
+        value: Some(value),
+    })
 }
 
 /// Extracts from anything implementing rdkafka's [`Headers`]: the [`BorrowedHeaders`] of a
@@ -182,6 +214,51 @@ mod tests {
         );
         let with_binary = headers(&[("traceparent", Some(b"a")), ("traceparent", Some(&[0xff]))]);
         assert_eq!(HeaderExtractor(&with_binary).get("traceparent"), None);
+    }
+
+    /// The record's injector, through the borrowed path tracelink's W3C propagator takes:
+    /// the same headers as the SDK's propagator through `HeaderInjector` (less the empty
+    /// `tracestate` the SDK writes), stale copies replaced, user headers kept in order.
+    #[test]
+    fn record_injection_matches_the_header_injector() {
+        use tracelink_core::propagation::W3cTraceContextPropagator;
+        use tracelink_core::{Instrumentation, MessagingSystem};
+
+        let instrumentation = Instrumentation::builder(MessagingSystem::new("kafka"))
+            .with_propagator(W3cTraceContextPropagator::new())
+            .build();
+        let user = || headers(&[("Traceparent", Some(b"stale")), ("user", Some(b"1"))]);
+        let mut record = crate::KafkaRecord::new("t");
+        record.headers = Some(user());
+        instrumentation.inject_message(&context(), &mut record);
+        let mut expected = user();
+        TraceContextPropagator::new()
+            .inject_context(&context(), &mut HeaderInjector(&mut expected));
+        let expected: Vec<_> = pairs(&expected)
+            .into_iter()
+            .filter(|(_, v)| v.as_deref() != Some(b""))
+            .collect();
+        assert_eq!(pairs(record.headers.as_ref().unwrap()), expected);
+        assert_eq!(expected[0], ("user".to_owned(), Some(b"1".to_vec())));
+        assert_eq!(expected[1].0, "traceparent");
+
+        // A record without headers gets a list only when something is injected.
+        let mut bare = crate::KafkaRecord::new("t");
+        instrumentation.inject_message(&Context::new(), &mut bare);
+        assert!(bare.headers.is_none());
+        instrumentation.inject_message(&context(), &mut bare);
+        assert_eq!(pairs(bare.headers.as_ref().unwrap()), expected[1..]);
+
+        // The plain injector's borrowed path follows the same rules.
+        let mut h = user();
+        HeaderInjector(&mut h).set_str("traceparent", "fresh");
+        assert_eq!(
+            pairs(&h),
+            vec![
+                ("user".to_owned(), Some(b"1".to_vec())),
+                ("traceparent".to_owned(), Some(b"fresh".to_vec())),
+            ]
+        );
     }
 
     #[test]

@@ -9,10 +9,10 @@ use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as attr;
 use rdkafka::message::{BorrowedMessage, Header, OwnedHeaders, OwnedMessage};
 use rdkafka::Message;
-use tracelink_core::carrier::text;
+use tracelink_core::carrier::{text, StrInjector};
 use tracelink_core::{Destination, IncomingMessage, OutgoingMessage, PublishResponse};
 
-use crate::carrier::{HeaderExtractor, HeaderInjector};
+use crate::carrier::{HeaderExtractor, RecordInjector};
 
 /// An owned record to publish through [`KafkaProducer`](crate::KafkaProducer).
 #[derive(Debug, Clone, Default)]
@@ -95,9 +95,11 @@ impl OutgoingMessage for KafkaRecord {
     }
 
     fn with_headers_mut(&mut self, f: &mut dyn FnMut(&mut dyn Injector)) {
-        let mut headers = self.headers.take().unwrap_or_default();
-        f(&mut HeaderInjector(&mut headers));
-        self.headers = Some(headers);
+        f(&mut RecordInjector(&mut self.headers));
+    }
+
+    fn with_str_injector(&mut self, f: &mut dyn FnMut(&mut dyn StrInjector)) {
+        f(&mut RecordInjector(&mut self.headers));
     }
 
     fn body_size(&self) -> Option<usize> {

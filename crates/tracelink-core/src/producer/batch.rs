@@ -116,9 +116,7 @@ where
                 .collect()
         } else {
             for message in &mut messages {
-                message.with_headers_mut(&mut |injector| {
-                    self.instrumentation.inject(&send_cx, injector)
-                });
+                self.instrumentation.inject_message(&send_cx, message);
             }
             Vec::new()
         };
