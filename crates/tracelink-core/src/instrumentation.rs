@@ -4,7 +4,7 @@ use std::any::Any;
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use opentelemetry::baggage::BaggageExt;
 use opentelemetry::global::{self, BoxedTracer, ObjectSafeTracerProvider};
@@ -302,6 +302,7 @@ impl Instrumentation {
         parent: &Context,
         operation: PublishOperation,
     ) -> Operation {
+        let started = SystemTime::now();
         let inner = &*self.inner;
         let (operation_type, operation_name, kind) = match operation {
             PublishOperation::Send => ("send", inner.system.publish_operation, SpanKind::Producer),
@@ -330,6 +331,7 @@ impl Instrumentation {
             .tracer
             .span_builder(name)
             .with_kind(kind)
+            .with_start_time(started)
             .with_attributes(attributes);
         let mut span = inner.tracer.build_with_context(builder, parent);
         if span.is_recording() {
@@ -349,7 +351,7 @@ impl Instrumentation {
         }
         let cx = parent.with_span(span);
         self.inject_message(&cx, message);
-        Operation::new(self.clone(), cx, metric)
+        Operation::new(self.clone(), cx, metric, started)
     }
 
     /// Starts the `send` span of a batch publish: PRODUCER, or CLIENT when every message gets a
@@ -367,6 +369,7 @@ impl Instrumentation {
         } else {
             SpanKind::Producer
         };
+        let started = SystemTime::now();
         let mut attributes = Vec::with_capacity(12);
         self.operation_attributes(&mut attributes, "send", operation_name);
         let (metric, destination_name, _) =
@@ -385,12 +388,14 @@ impl Instrumentation {
             .tracer
             .span_builder(inner.span_name.render(operation_name, destination))
             .with_kind(kind)
+            .with_start_time(started)
             .with_attributes(attributes);
         let span = inner.tracer.build_with_context(builder, parent);
         Operation::new(
             self.clone(),
             parent.with_span(span),
             Some((metric, count as u64)),
+            started,
         )
     }
 
@@ -473,6 +478,7 @@ impl Instrumentation {
 
     /// Starts the CONSUMER `process` span for one message; returns the context the handler runs in.
     pub(crate) fn start_process<M: IncomingMessage + ?Sized>(&self, message: &M) -> Operation {
+        let started = SystemTime::now();
         let inner = &*self.inner;
         let ambient = Context::current();
         let mut attributes = Vec::with_capacity(16);
@@ -493,6 +499,7 @@ impl Instrumentation {
             .tracer
             .span_builder(inner.span_name.render("process", &destination))
             .with_kind(SpanKind::Consumer)
+            .with_start_time(started)
             .with_attributes(attributes);
         if let Some(sc) = producer {
             builder = builder.with_links(vec![Link::with_context(sc)]);
@@ -504,7 +511,7 @@ impl Instrumentation {
             span.set_attributes(details);
         }
         let cx = Self::with_baggage(parent.with_span(span), &ambient, baggage);
-        Operation::new(self.clone(), cx, Some((metric, 1)))
+        Operation::new(self.clone(), cx, Some((metric, 1)), started)
     }
 
     /// Starts one CONSUMER `process` span for a batch, with one link per message that carried a
@@ -514,6 +521,7 @@ impl Instrumentation {
         messages: &[M],
     ) -> Option<Operation> {
         let first = messages.first()?;
+        let started = SystemTime::now();
         let inner = &*self.inner;
         let ambient = Context::current();
         let destination = first.destination();
@@ -539,6 +547,7 @@ impl Instrumentation {
             .tracer
             .span_builder(inner.span_name.render("process", &destination))
             .with_kind(SpanKind::Consumer)
+            .with_start_time(started)
             .with_attributes(attributes)
             .with_links(links);
         let span = inner.tracer.build_with_context(builder, &ambient);
@@ -546,6 +555,7 @@ impl Instrumentation {
             self.clone(),
             ambient.with_span(span),
             Some((metric, messages.len() as u64)),
+            started,
         ))
     }
 
@@ -629,13 +639,13 @@ impl Instrumentation {
             .with_attributes(attributes)
             .with_links(links);
         let span = inner.tracer.build_with_context(builder, &ambient);
-        let mut operation =
-            Operation::new(self.clone(), ambient.with_span(span), Some((metric, 0)));
-        // The poll started before we were called; measure from there.
-        let waited = started.elapsed().unwrap_or_default();
-        operation.started = Instant::now()
-            .checked_sub(waited)
-            .unwrap_or_else(Instant::now);
+        // The poll started before we were called: the span and the metric measure from there.
+        let operation = Operation::new(
+            self.clone(),
+            ambient.with_span(span),
+            Some((metric, 0)),
+            started,
+        );
         ClientSpan { operation }
     }
 
@@ -651,6 +661,7 @@ impl Instrumentation {
         parent: &Context,
         attributes: Vec<KeyValue>,
     ) -> SettleSpan {
+        let started = SystemTime::now();
         let inner = &*self.inner;
         let mut all = Vec::with_capacity(8 + attributes.len());
         self.operation_attributes(&mut all, "settle", operation_name);
@@ -667,10 +678,16 @@ impl Instrumentation {
             .tracer
             .span_builder(inner.span_name.render(operation_name, &destination))
             .with_kind(SpanKind::Client)
+            .with_start_time(started)
             .with_attributes(all);
         let span = inner.tracer.build_with_context(builder, parent);
         ClientSpan {
-            operation: Operation::new(self.clone(), parent.with_span(span), Some((metric, 0))),
+            operation: Operation::new(
+                self.clone(),
+                parent.with_span(span),
+                Some((metric, 0)),
+                started,
+            ),
         }
     }
 }
@@ -890,7 +907,10 @@ pub(crate) enum PublishOperation {
 pub(crate) struct Operation {
     instrumentation: Instrumentation,
     cx: Context,
-    started: Instant,
+    /// When the operation started: the span's start time and the metric's, from one clock
+    /// read (and one more at the end), where the SDK and the metric would otherwise read the
+    /// clock twice each.
+    started: SystemTime,
     metric: Option<(Arc<MetricSet>, u64)>,
     finished: bool,
 }
@@ -909,11 +929,12 @@ impl Operation {
         instrumentation: Instrumentation,
         cx: Context,
         metric: Option<(Arc<MetricSet>, u64)>,
+        started: SystemTime,
     ) -> Self {
         Self {
             instrumentation,
             cx,
-            started: Instant::now(),
+            started,
             metric,
             finished: false,
         }
@@ -944,14 +965,18 @@ impl Operation {
             span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.clone()));
             span.set_status(Status::error(error_type.clone()));
         }
-        span.end();
+        let ended = SystemTime::now();
+        span.end_with_timestamp(ended);
         if let Some((set, count)) = self.metric.take() {
-            self.instrumentation.inner.metrics.record(
-                &set,
-                count,
-                self.started.elapsed().as_secs_f64(),
-                error_type,
-            );
+            // The wall clock may step back meanwhile: such an operation counts as instant.
+            let seconds = ended
+                .duration_since(self.started)
+                .unwrap_or_default()
+                .as_secs_f64();
+            self.instrumentation
+                .inner
+                .metrics
+                .record(&set, count, seconds, error_type);
         }
     }
 }
