@@ -76,6 +76,9 @@ enum Mode {
     RawWithHeaders,
     Sampled,
     Unsampled,
+    /// `AmqpPublisher` and `ConsumeLoop` with tracing off (a no-op tracer provider and a
+    /// propagator that writes nothing): what the adapter's own machinery costs.
+    TracingOff,
 }
 
 impl Mode {
@@ -85,6 +88,7 @@ impl Mode {
             Mode::RawWithHeaders => "raw lapin + traceparent",
             Mode::Sampled => "traced, 100% sampled",
             Mode::Unsampled => "traced, unsampled",
+            Mode::TracingOff => "adapter, tracing off",
         }
     }
 }
@@ -311,7 +315,17 @@ fn main() {
         run(Mode::Raw, 0, &producer, &consumer, None, messages).await;
         run(Mode::Sampled, 0, &producer, &consumer, Some(&sampled), messages).await;
 
-        let modes = [Mode::Raw, Mode::RawWithHeaders, Mode::Sampled, Mode::Unsampled];
+        let off = Instrumentation::builder(rabbitmq(&url()))
+            .with_tracer_provider(&opentelemetry::trace::noop::NoopTracerProvider::new())
+            .with_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(vec![]))
+            .build();
+        let modes = [
+            Mode::Raw,
+            Mode::RawWithHeaders,
+            Mode::Sampled,
+            Mode::Unsampled,
+            Mode::TracingOff,
+        ];
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         for round in 1..=rounds {
@@ -322,6 +336,7 @@ fn main() {
                     Mode::Raw | Mode::RawWithHeaders => None,
                     Mode::Sampled => Some(&sampled),
                     Mode::Unsampled => Some(&unsampled),
+                    Mode::TracingOff => Some(&off),
                 };
                 let (rate, cpu_per_message) = run(modes[i], round, &producer, &consumer, instr, messages).await;
                 rates[i].push(rate);
