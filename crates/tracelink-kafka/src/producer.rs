@@ -122,6 +122,9 @@ impl Service<KafkaRecord> for KafkaProducer {
             .span_context()
             .clone();
         Box::pin(async move {
+            let mut record = record;
+            // Moved, not cloned: a clone copies the whole header list inside librdkafka.
+            let headers = record.headers.take();
             let mut future_record = FutureRecord::<[u8], [u8]>::to(&record.topic);
             if let Some(key) = &record.key {
                 future_record = future_record.key(key.as_slice());
@@ -135,7 +138,7 @@ impl Service<KafkaRecord> for KafkaProducer {
             if let Some(timestamp) = record.timestamp {
                 future_record = future_record.timestamp(timestamp);
             }
-            if let Some(headers) = record.headers.clone() {
+            if let Some(headers) = headers {
                 future_record = future_record.headers(headers);
             }
             match producer.send(future_record, queue_timeout).await {
