@@ -74,11 +74,20 @@ where
 }
 
 /// Injects into a `HashMap<String, String>`, replacing any key that differs only in ASCII case.
+///
+/// An empty value removes the key (any case) and writes nothing: an empty header reads the same
+/// as none, and a propagator sets one (the W3C `tracestate` of a context without trace state) to
+/// clear a stale copy from a message being published again. Every adapter's injector follows
+/// the same rule.
 #[derive(Debug)]
 pub struct MapInjector<'a>(pub &'a mut HashMap<String, String>);
 
 impl Injector for MapInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
+        if value.is_empty() {
+            self.0.retain(|k, _| !k.eq_ignore_ascii_case(key));
+            return;
+        }
         if self.0.contains_key(key) {
             self.0.insert(key.to_owned(), value);
             return;

@@ -14,8 +14,12 @@
 //! * it accepts only well-formed headers ([`carrier::is_valid_traceparent`]): the SDK also
 //!   accepts ids of the wrong length, which tracelink's layers refuse before any propagator
 //!   sees them anyway;
-//! * it does not write an empty `tracestate` header (the SDK does): an empty header means the
-//!   same as none to every reader, and costs a message attribute on SQS.
+//! * for a context without trace state it hands the carrier an empty `tracestate`, as the SDK
+//!   does, but borrowed (no allocation): tracelink's carriers take an empty value as "remove this
+//!   key, write nothing" ([`MapInjector`](crate::carrier::MapInjector) and every adapter), so a
+//!   message published again with the headers it was consumed with does not pair the new
+//!   `traceparent` with the old trace's `tracestate`, and no empty header is sent (an empty
+//!   header means the same as none to every reader, and costs a message attribute on SQS).
 //!
 //! The layers use whatever propagator is installed; opt in with
 //! `InstrumentationBuilder::with_propagator(W3cTraceContextPropagator::new())`. For baggage,
@@ -118,12 +122,17 @@ fn inject(cx: &Context, injector: &mut dyn StrInjector) {
     if let Ok(text) = std::str::from_utf8(&bytes) {
         injector.set_str(TRACEPARENT, text);
     }
-    // No state is the common case: skip building its (empty) header.
-    if *sc.trace_state() != TraceState::NONE {
-        let state = sc.trace_state().header();
-        if !state.is_empty() {
-            injector.set(TRACESTATE, state);
-        }
+    // No state is the common case: skip building its (empty) header. An empty value tells the
+    // carrier to drop a stale `tracestate` (a message published again with the headers it was
+    // consumed with would otherwise pair this `traceparent` with another trace's state); the
+    // carriers write no empty header.
+    let state = match *sc.trace_state() != TraceState::NONE {
+        true => sc.trace_state().header(),
+        false => String::new(),
+    };
+    match state.is_empty() {
+        true => injector.set_str(TRACESTATE, ""),
+        false => injector.set(TRACESTATE, state),
     }
 }
 

@@ -172,6 +172,60 @@ fn injection_matches_the_sdk_except_empty_tracestate() {
 }
 
 #[test]
+fn republishing_drops_a_stale_tracestate() {
+    // A message consumed from another trace, published again with its headers: the new
+    // context has no trace state, so the old `tracestate` (any case) must not ride along with
+    // the new `traceparent`. The SDK's propagator gets the same result through the carrier's
+    // empty-value rule.
+    let sc = SpanContext::new(
+        TraceId::from_bytes([7; 16]),
+        SpanId::from_bytes([9; 8]),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    let cx = Context::new().with_remote_span_context(sc);
+    let stale = || {
+        HashMap::from([
+            ("traceparent".to_owned(), "00-old".to_owned()),
+            ("TraceState".to_owned(), "other=1".to_owned()),
+            ("user".to_owned(), "kept".to_owned()),
+        ])
+    };
+    let propagators: [&dyn TextMapPropagator; 2] = [
+        &W3cTraceContextPropagator::new(),
+        &TraceContextPropagator::new(),
+    ];
+    for propagator in propagators {
+        let mut headers = stale();
+        propagator.inject_context(&cx, &mut MapInjector(&mut headers));
+        assert_eq!(headers.len(), 2, "{headers:?}");
+        assert_eq!(headers["user"], "kept");
+        assert!(headers["traceparent"].starts_with("00-07070707"));
+    }
+    // Through the layers' borrowed path too.
+    let instrumentation = Instrumentation::builder(MessagingSystem::new("test"))
+        .with_propagator(W3cTraceContextPropagator::new())
+        .build();
+    struct Msg(HashMap<String, String>);
+    impl OutgoingMessage for Msg {
+        fn destination(&self) -> Destination<'_> {
+            Destination::new("q")
+        }
+        fn with_headers_mut(&mut self, f: &mut dyn FnMut(&mut dyn Injector)) {
+            f(&mut MapInjector(&mut self.0))
+        }
+    }
+    let mut message = Msg(stale());
+    instrumentation.inject_message(&cx, &mut message);
+    assert_eq!(message.0.len(), 2, "{:?}", message.0);
+    assert!(!message
+        .0
+        .keys()
+        .any(|k| k.eq_ignore_ascii_case("tracestate")));
+}
+
+#[test]
 fn fields_are_the_sdks() {
     let (a, b) = (
         W3cTraceContextPropagator::new(),
@@ -317,15 +371,24 @@ struct Recording {
     owned: Vec<(String, String)>,
 }
 
+/// Follows the carriers' rule: an empty value removes the key and writes nothing.
 impl Injector for Recording {
     fn set(&mut self, key: &str, value: String) {
-        self.owned.push((key.to_owned(), value));
+        self.borrowed.retain(|(k, _)| k != key);
+        self.owned.retain(|(k, _)| k != key);
+        if !value.is_empty() {
+            self.owned.push((key.to_owned(), value));
+        }
     }
 }
 
 impl StrInjector for Recording {
     fn set_str(&mut self, key: &str, value: &str) {
-        self.borrowed.push((key.to_owned(), value.to_owned()));
+        self.borrowed.retain(|(k, _)| k != key);
+        self.owned.retain(|(k, _)| k != key);
+        if !value.is_empty() {
+            self.borrowed.push((key.to_owned(), value.to_owned()));
+        }
     }
 }
 

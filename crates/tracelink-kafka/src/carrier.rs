@@ -10,7 +10,8 @@
 //!   message starts a fresh trace instead of linking to a context that may be stale or forged
 //!   ([`Extractor::get_all`] still returns every text copy);
 //! * injecting replaces every copy of the key already present (any case) and keeps every other
-//!   header, in order.
+//!   header, in order; an empty value only removes the key (an empty header reads the same as
+//!   none, and propagators set one to clear a stale `tracestate`).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -51,6 +52,10 @@ impl Injector for RecordInjector<'_> {
 
 impl StrInjector for RecordInjector<'_> {
     fn set_str(&mut self, key: &str, value: &str) {
+        if value.is_empty() && self.0.is_none() {
+            // Nothing to remove, nothing to write.
+            return;
+        }
         let headers = self.0.take().unwrap_or_default();
         *self.0 = Some(insert_replacing(headers, key, value.as_bytes()));
     }
@@ -80,6 +85,10 @@ fn insert_replacing(headers: OwnedHeaders, key: &str, value: &[u8]) -> OwnedHead
     } else {
         headers
     };
+    if value.is_empty() {
+        // An empty value only removes the key (see the module docs).
+        return headers;
+    }
     headers.insert(Header {
         key,
         value: Some(value),
@@ -172,7 +181,18 @@ mod tests {
         assert_eq!(got[0], ("user".into(), Some(b"1".to_vec())));
         assert_eq!(got[1], ("other".into(), None));
         let injected: Vec<&str> = got[2..].iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(injected, vec!["traceparent", "tracestate"]);
+        // The SDK sets an empty `tracestate` for a context without state: not written.
+        assert_eq!(injected, vec!["traceparent"]);
+    }
+
+    #[test]
+    fn an_empty_value_removes_the_key_and_writes_nothing() {
+        let mut h = headers(&[("TraceState", Some(b"old=1")), ("user", Some(b"kept"))]);
+        HeaderInjector(&mut h).set("tracestate", String::new());
+        assert_eq!(pairs(&h), vec![("user".to_owned(), Some(b"kept".to_vec()))]);
+        let mut none = None;
+        RecordInjector(&mut none).set_str("tracestate", "");
+        assert!(none.is_none(), "no header list built for nothing");
     }
 
     #[test]

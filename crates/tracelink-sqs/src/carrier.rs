@@ -25,6 +25,8 @@ pub struct AttributeInjector<'a>(pub &'a mut HashMap<String, MessageAttributeVal
 impl Injector for AttributeInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
         let Some(value) = string_attribute(value) else {
+            // Empty: SQS rejects it, and it says "none": drop a stale copy of the key.
+            self.0.retain(|k, _| !k.eq_ignore_ascii_case(key));
             return;
         };
         if !self.0.contains_key(key) {

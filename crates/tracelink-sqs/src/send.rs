@@ -189,6 +189,16 @@ impl SqsSender {
         if fields.is_empty() {
             return;
         }
+        if !request.attributes.is_empty() {
+            // A propagator field it did not write this time (`tracestate` when the context has
+            // none), copied from a received message, would pair another trace's state with this
+            // context: drop it, so it neither travels nor takes one of the 10 places.
+            let propagator_fields = self.instrumentation.fields();
+            request.attributes.retain(|k, _| {
+                !propagator_fields.iter().any(|f| f.eq_ignore_ascii_case(k))
+                    || fields.keys().any(|f| f.eq_ignore_ascii_case(k))
+            });
+        }
         let mut xray = self.carrier != TraceCarrier::MessageAttributes;
         if self.carrier != TraceCarrier::AwsTraceHeader {
             match placement(&request.attributes, &fields) {
@@ -568,6 +578,32 @@ mod tests {
         s.place(&mut r);
         assert_eq!(r.attributes.len(), 10);
         assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+    }
+
+    #[test]
+    fn place_drops_a_stale_field_the_propagator_did_not_write() {
+        let s = sender(
+            TraceCarrier::MessageAttributes,
+            OverflowPolicy::AwsTraceHeader,
+        );
+        // 9 user attributes, one of them a `tracestate` copied from a received message; the
+        // current context has no trace state, so only `traceparent` was staged.
+        let mut r = request(8, &[("traceparent", TRACEPARENT)]);
+        r.attributes.insert(
+            "tracestate".into(),
+            string_attribute("stale=1".into()).unwrap(),
+        );
+        s.place(&mut r);
+        assert!(
+            !r.attributes.contains_key("tracestate"),
+            "stale state dropped"
+        );
+        assert_eq!(
+            r.attributes["traceparent"].string_value(),
+            Some(TRACEPARENT)
+        );
+        assert_eq!(r.attributes.len(), 9, "8 user attributes and traceparent");
+        assert!(r.trace_header.is_none(), "it fits: no overflow");
     }
 
     #[test]
