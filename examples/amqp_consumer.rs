@@ -24,7 +24,7 @@ use tower::service_fn;
 use tracelink::amqp::lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use tracelink::amqp::lapin::types::{FieldTable, ShortString};
 use tracelink::amqp::lapin::{Connection, ConnectionProperties};
-use tracelink::amqp::{rabbitmq, AmqpDelivery, ConsumeLoop};
+use tracelink::amqp::{messaging_system, AmqpDelivery, ConsumeLoop};
 use tracelink::core::IncomingMessage;
 use tracelink::Instrumentation;
 
@@ -70,7 +70,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         )
         .await?;
 
-    let instrumentation = Instrumentation::new(rabbitmq(&args.url));
+    let instrumentation = Instrumentation::new(messaging_system(&args.url));
     let processed = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
     let handler = {

@@ -20,7 +20,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use tracelink::amqp::lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use tracelink::amqp::lapin::types::{FieldTable, ShortString};
 use tracelink::amqp::lapin::{Connection, ConnectionProperties};
-use tracelink::amqp::{rabbitmq, AmqpPublisher, Publish};
+use tracelink::amqp::{messaging_system, AmqpPublisher, Publish};
 use tracelink::core::OutgoingMessage;
 use tracelink::{Instrumentation, ProducerLayer};
 
@@ -68,7 +68,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
 
-    let instrumentation = Instrumentation::new(rabbitmq(&args.url));
+    let instrumentation = Instrumentation::new(messaging_system(&args.url));
     let mut publisher = ServiceBuilder::new()
         .layer(ProducerLayer::from(instrumentation))
         .map_request(print_sent)

@@ -53,7 +53,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     let _telemetry = common::init("nats_consumer")?;
     let client = tracelink::nats::async_nats::connect(&args.url).await?;
-    let instrumentation = Instrumentation::new(tracelink::nats::system(&args.url));
+    let instrumentation = Instrumentation::new(tracelink::nats::messaging_system(&args.url));
 
     match &args.jetstream {
         None => {

@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let args = Args::parse();
     let _telemetry = common::init("nats_producer")?;
     let client = tracelink::nats::async_nats::connect(&args.url).await?;
-    let instrumentation = Instrumentation::new(tracelink::nats::system(&args.url));
+    let instrumentation = Instrumentation::new(tracelink::nats::messaging_system(&args.url));
     let layer = ProducerLayer::from(instrumentation);
 
     match &args.jetstream {

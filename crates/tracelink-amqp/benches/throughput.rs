@@ -39,7 +39,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tokio::sync::Notify;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tracelink_amqp::{rabbitmq, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
+use tracelink_amqp::{messaging_system, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
 use tracelink_core::propagation::W3cTraceContextPropagator;
 use tracelink_core::{Instrumentation, ProducerLayer};
 
@@ -280,7 +280,8 @@ fn instrumentation(sampler: Sampler) -> (SdkTracerProvider, Instrumentation) {
         .with_sampler(sampler)
         .with_batch_exporter(DropExporter)
         .build();
-    let builder = Instrumentation::builder(rabbitmq(&url())).with_tracer_provider(&provider);
+    let builder =
+        Instrumentation::builder(messaging_system(&url())).with_tracer_provider(&provider);
     let instr = if sdk_propagator() {
         builder.with_propagator(TraceContextPropagator::new())
     } else {
@@ -315,7 +316,7 @@ fn main() {
         run(Mode::Raw, 0, &producer, &consumer, None, messages).await;
         run(Mode::Sampled, 0, &producer, &consumer, Some(&sampled), messages).await;
 
-        let off = Instrumentation::builder(rabbitmq(&url()))
+        let off = Instrumentation::builder(messaging_system(&url()))
             .with_tracer_provider(&opentelemetry::trace::noop::NoopTracerProvider::new())
             .with_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(vec![]))
             .build();

@@ -10,7 +10,7 @@
 //! | [`AmqpPublisher`] | a Tower service over a lapin [`Channel`](lapin::Channel) returning the publisher confirmation; wrap it in a [`ProducerLayer`](tracelink_core::ProducerLayer) |
 //! | [`AmqpDelivery`] | an incoming delivery with its queue |
 //! | [`ConsumeLoop`] | drives a lapin [`Consumer`](lapin::Consumer) through a handler wrapped in a [`ConsumerLayer`](tracelink_core::ConsumerLayer); ack on success, nack (requeue by default) on failure |
-//! | [`rabbitmq`] | the [`MessagingSystem`](tracelink_core::MessagingSystem) for a connection URI |
+//! | [`messaging_system`] | the [`MessagingSystem`](tracelink_core::MessagingSystem) for a connection URI |
 //!
 //! Spans follow the semantic conventions for RabbitMQ: `publish {destination}` (PRODUCER) with
 //! `messaging.destination.name` = `{exchange}:{routing key}` (`amq.default` for the default
@@ -30,7 +30,7 @@
 //! use lapin::types::FieldTable;
 //! use lapin::{Connection, ConnectionProperties};
 //! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-//! use tracelink_amqp::{rabbitmq, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
+//! use tracelink_amqp::{messaging_system, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
 //! use tracelink_core::{Instrumentation, ProducerLayer};
 //!
 //! # #[tokio::main]
@@ -43,7 +43,7 @@
 //!     .await?;
 //!
 //! // Built once, after the global tracer provider and propagator are installed.
-//! let instrumentation = Instrumentation::new(rabbitmq(url));
+//! let instrumentation = Instrumentation::new(messaging_system(url));
 //!
 //! // Publish: a PRODUCER span `publish orders`, its context in the message headers.
 //! let mut producer = ServiceBuilder::new()
@@ -115,7 +115,8 @@ pub use message::{
     delivery_destination, publish_destination, AmqpDelivery, Publish, DEFAULT_EXCHANGE,
 };
 pub use publish::{AmqpPublisher, PublishFuture, Published};
-pub use system::{rabbitmq, RABBITMQ};
+#[allow(deprecated)]
+pub use system::{messaging_system, rabbitmq, RABBITMQ};
 
 /// Re-exported so applications name the same lapin version.
 pub use lapin;

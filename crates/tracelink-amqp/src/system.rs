@@ -12,12 +12,23 @@ pub const RABBITMQ: &str = "rabbitmq";
 /// `amqp://` or `amqps://` URI as given to [`Connection::connect`](lapin::Connection::connect)):
 /// its host and port become `server.address` and `server.port`. A URI that does not parse gives
 /// no server attributes.
-pub fn rabbitmq(uri: &str) -> MessagingSystem {
+///
+/// Every adapter names this helper `messaging_system`.
+pub fn messaging_system(uri: &str) -> MessagingSystem {
     let system = MessagingSystem::new(RABBITMQ).with_publish_operation("publish");
     match AMQPUri::from_str(uri) {
         Ok(uri) => system.with_server(uri.authority.host, Some(uri.authority.port)),
         Err(_) => system,
     }
+}
+
+/// The first name of [`messaging_system`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed to `messaging_system`, as in every adapter"
+)]
+pub fn rabbitmq(uri: &str) -> MessagingSystem {
+    messaging_system(uri)
 }
 
 #[cfg(test)]
@@ -26,17 +37,17 @@ mod tests {
 
     #[test]
     fn server_from_uri() {
-        let s = rabbitmq("amqp://guest:guest@127.0.0.1:5672/%2f");
+        let s = messaging_system("amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(s.name(), "rabbitmq");
         assert_eq!(s.publish_operation(), "publish");
         assert!(format!("{s:?}").contains("127.0.0.1"));
-        let s = rabbitmq("not a uri ::");
+        let s = messaging_system("not a uri ::");
         assert_eq!(s.name(), "rabbitmq");
     }
 
     #[test]
     fn credentials_in_the_uri_never_reach_attributes() {
-        let s = rabbitmq("amqp://alice:hunter2@broker.example:5673/%2f");
+        let s = messaging_system("amqp://alice:hunter2@broker.example:5673/%2f");
         assert_eq!(s.server_address(), Some("broker.example"));
         assert_eq!(s.server_port(), Some(5673));
         let debug = format!("{s:?}");

@@ -99,8 +99,9 @@ async fn run(client: &async_nats::Client, variant: Variant, count: u64) -> (f64,
             .with_sampler(Sampler::AlwaysOff)
             .build(),
     };
-    let builder = Instrumentation::builder(tracelink_nats::system("nats://127.0.0.1:4222"))
-        .with_tracer_provider(&provider);
+    let builder =
+        Instrumentation::builder(tracelink_nats::messaging_system("nats://127.0.0.1:4222"))
+            .with_tracer_provider(&provider);
     let instrumentation = if sdk_propagator() {
         builder.with_propagator(TraceContextPropagator::new())
     } else {

@@ -35,7 +35,7 @@
 //! let url = "nats://127.0.0.1:4222";
 //! let client = async_nats::connect(url).await?;
 //! // Global tracer provider and propagator unless the builder is given others.
-//! let instrumentation = Instrumentation::new(tracelink_nats::system(url));
+//! let instrumentation = Instrumentation::new(tracelink_nats::messaging_system(url));
 //!
 //! // Consume: a `process orders` span per message, linked to its producer span.
 //! let subscription = Subscription::subscribe(&client, "orders").await?;
@@ -66,7 +66,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let url = "nats://127.0.0.1:4222";
 //! let js = jetstream::new(async_nats::connect(url).await?);
-//! let instrumentation = Instrumentation::new(tracelink_nats::system(url));
+//! let instrumentation = Instrumentation::new(tracelink_nats::messaging_system(url));
 //! let stream = js
 //!     .get_or_create_stream(stream::Config {
 //!         name: "ORDERS".into(),
@@ -104,7 +104,7 @@
 //!
 //! Everything the core's [`Instrumentation`](tracelink_core::Instrumentation) builder offers:
 //! tracer and meter providers, propagator (B3, Jaeger, X-Ray work unchanged), link mode, span
-//! names, header capture, baggage policy. [`system`] builds the
+//! names, header capture, baggage policy. [`messaging_system`] builds the
 //! [`MessagingSystem`] (`nats`, operation `publish`,
 //! `server.address`/`server.port` from the URL). On the JetStream loop: batch size, fetch expiry
 //! and nak delay; [`JetStreamConsumer::process_next_batch`] hands a whole fetch to a
@@ -154,12 +154,23 @@ pub const SYSTEM: &str = "nats";
 /// The [`MessagingSystem`] for the NATS server at `url` (`nats://host:port`, also `tls://`, a
 /// user-info part, or a comma-separated list whose first entry is used): `messaging.system` =
 /// `nats`, publish operations named `publish`, `server.address` and `server.port` (default 4222).
-pub fn system(url: &str) -> MessagingSystem {
+///
+/// Every adapter names this helper `messaging_system`.
+pub fn messaging_system(url: &str) -> MessagingSystem {
     let system = MessagingSystem::new(SYSTEM).with_publish_operation("publish");
     match server(url) {
         Some((host, port)) => system.with_server(host, Some(port)),
         None => system,
     }
+}
+
+/// The first name of [`messaging_system`].
+#[deprecated(
+    since = "0.1.0",
+    note = "renamed to `messaging_system`, as in every adapter"
+)]
+pub fn system(url: &str) -> MessagingSystem {
+    messaging_system(url)
 }
 
 /// The first server of a NATS URL (list), with NATS's default port when none is given.

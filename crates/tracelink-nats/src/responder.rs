@@ -34,7 +34,7 @@ use crate::publish::Publisher;
 /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
 /// let layer = ResponderLayer::new(
 ///     client.clone(),
-///     &Instrumentation::new(tracelink_nats::system("nats://127.0.0.1:4222")),
+///     &Instrumentation::new(tracelink_nats::messaging_system("nats://127.0.0.1:4222")),
 /// );
 /// let handler = layer.layer(service_fn(|request: Delivery| async move {
 ///     Ok::<_, std::convert::Infallible>(request.message.payload.clone())

@@ -196,7 +196,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
         .expect("published");
     let expected = delivered_cases.len() + 1;
 
-    let instrumentation = Instrumentation::builder(tracelink_amqp::rabbitmq(&url()))
+    let instrumentation = Instrumentation::builder(tracelink_amqp::messaging_system(&url()))
         .with_tracer_provider(&t.provider)
         .with_propagator(w3c_propagator())
         .build();

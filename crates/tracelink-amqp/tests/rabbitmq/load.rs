@@ -14,7 +14,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use opentelemetry_semantic_conventions::attribute as attr;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tracelink_amqp::{rabbitmq, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
+use tracelink_amqp::{messaging_system, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
 use tracelink_core::{Instrumentation, ProducerLayer};
 
 use crate::support::*;
@@ -44,7 +44,7 @@ async fn run() {
     let provider = SdkTracerProvider::builder()
         .with_span_processor(recorder.clone())
         .build();
-    let instrumentation = Instrumentation::builder(rabbitmq(&url()))
+    let instrumentation = Instrumentation::builder(messaging_system(&url()))
         .with_tracer_provider(&provider)
         .with_propagator(TraceContextPropagator::new())
         .build();

@@ -809,7 +809,7 @@ async fn parent_mode_continues_the_producer_trace() {
         .with_simple_exporter(exporter.clone())
         .build();
     let instrumentation =
-        tracelink_core::Instrumentation::builder(tracelink_amqp::rabbitmq(&url()))
+        tracelink_core::Instrumentation::builder(tracelink_amqp::messaging_system(&url()))
             .with_tracer_provider(&provider)
             .with_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new())
             .with_link_mode(tracelink_core::LinkMode::Parent)

@@ -14,7 +14,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use tracelink_amqp::rabbitmq;
+use tracelink_amqp::messaging_system;
 use tracelink_core::Instrumentation;
 
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -106,7 +106,7 @@ pub fn telemetry() -> Telemetry {
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let instrumentation = Instrumentation::builder(rabbitmq(&url()))
+    let instrumentation = Instrumentation::builder(messaging_system(&url()))
         .with_tracer_provider(&provider)
         .with_propagator(TraceContextPropagator::new())
         .build();

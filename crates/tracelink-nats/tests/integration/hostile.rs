@@ -84,7 +84,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
     let client = support::connect().await;
     let publisher = support::connect().await;
     let telemetry = Telemetry::new();
-    let instrumentation = Instrumentation::builder(tracelink_nats::system(&url))
+    let instrumentation = Instrumentation::builder(tracelink_nats::messaging_system(&url))
         .with_tracer_provider(&telemetry.provider)
         .with_propagator(w3c_propagator())
         .build();
@@ -245,7 +245,7 @@ async fn jetstream_hostile_headers_are_handled_once_with_fresh_roots() {
     let url = support::url();
     let client = support::connect().await;
     let telemetry = Telemetry::new();
-    let instrumentation = Instrumentation::builder(tracelink_nats::system(&url))
+    let instrumentation = Instrumentation::builder(tracelink_nats::messaging_system(&url))
         .with_tracer_provider(&telemetry.provider)
         .with_propagator(w3c_propagator())
         .build();

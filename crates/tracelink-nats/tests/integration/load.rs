@@ -49,7 +49,7 @@ async fn run() {
     let provider = SdkTracerProvider::builder()
         .with_span_processor(recorder.clone())
         .build();
-    let instrumentation = Instrumentation::builder(tracelink_nats::system(&url))
+    let instrumentation = Instrumentation::builder(tracelink_nats::messaging_system(&url))
         .with_tracer_provider(&provider)
         .with_propagator(TraceContextPropagator::new())
         .build();
@@ -166,7 +166,7 @@ async fn run_core() {
     let provider = SdkTracerProvider::builder()
         .with_span_processor(recorder.clone())
         .build();
-    let instrumentation = Instrumentation::builder(tracelink_nats::system(&url))
+    let instrumentation = Instrumentation::builder(tracelink_nats::messaging_system(&url))
         .with_tracer_provider(&provider)
         .with_propagator(TraceContextPropagator::new())
         .build();

@@ -81,7 +81,7 @@ impl Telemetry {
     }
 
     pub fn builder(&self, url: &str) -> InstrumentationBuilder {
-        Instrumentation::builder(tracelink_nats::system(url))
+        Instrumentation::builder(tracelink_nats::messaging_system(url))
             .with_tracer_provider(&self.provider)
             .with_propagator(TraceContextPropagator::new())
     }
