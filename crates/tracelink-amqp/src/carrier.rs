@@ -31,9 +31,9 @@ pub struct FieldTableInjector<'a>(pub &'a mut FieldTable);
 
 impl Injector for FieldTableInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        let Ok(name) = ShortString::try_new(key) else {
+        if key.len() > 255 {
             return;
-        };
+        }
         // An empty value (the W3C propagator's `tracestate` when there is none) says nothing:
         // leave it out, saving the bytes on every message, but still drop any stale copy.
         let empty = value.is_empty();
@@ -54,6 +54,10 @@ impl Injector for FieldTableInjector<'_> {
             *self.0 = FieldTable::from(kept);
         }
         if !empty {
+            // Named only now: a short string is an allocation, and an empty value needs none.
+            let Ok(name) = ShortString::try_new(key) else {
+                return;
+            };
             self.0
                 .insert(name, AMQPValue::LongString(LongString::from(value)));
         }
