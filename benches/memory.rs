@@ -24,56 +24,22 @@
 //! scripts.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tokio::sync::mpsc;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tracelink::core::carrier::{MapExtractor, MapInjector};
 use tracelink::core::propagation::W3cTraceContextPropagator;
-use tracelink::core::{IncomingMessage, OutgoingMessage, PublishResponse};
-use tracelink::{ConsumerLayer, Destination, Instrumentation, MessagingSystem, ProducerLayer};
+use tracelink::{ConsumerLayer, Instrumentation, MessagingSystem, ProducerLayer};
 
-/// An application message: a queue name, headers and a body.
-#[derive(Debug)]
-struct Message {
-    queue: &'static str,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl OutgoingMessage for Message {
-    fn destination(&self) -> Destination<'_> {
-        Destination::new(self.queue)
-    }
-    fn with_headers_mut(&mut self, f: &mut dyn FnMut(&mut dyn Injector)) {
-        f(&mut MapInjector(&mut self.headers))
-    }
-    fn body_size(&self) -> Option<usize> {
-        Some(self.body.len())
-    }
-}
-
-impl IncomingMessage for Message {
-    fn destination(&self) -> Destination<'_> {
-        Destination::new(self.queue)
-    }
-    fn with_headers(&self, f: &mut dyn FnMut(&dyn Extractor)) {
-        f(&MapExtractor(&self.headers))
-    }
-    fn body_size(&self) -> Option<usize> {
-        Some(self.body.len())
-    }
-}
-
-struct Queued;
-impl PublishResponse for Queued {}
+// The message number is the test's business; the bench does not read it.
+#[allow(dead_code)]
+#[path = "../tests/support/in_process.rs"]
+mod in_process;
+use in_process::{closed_port, memory_kb, reset_peak, Message, Queued};
 
 /// Discards every span: the batch processor's own cost, without any export.
 #[derive(Debug)]
@@ -103,31 +69,6 @@ impl Setup {
             Setup::OtlpHttp => "otlp-http",
         }
     }
-}
-
-/// `VmRSS` and `VmHWM` of this process, in kB.
-fn memory_kb() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Resets `VmHWM` to the current `VmRSS` (Linux: `echo 5 > /proc/self/clear_refs`).
-fn reset_peak() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// A loopback port nothing listens on (bound, then released).
-fn closed_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
 }
 
 fn provider(setup: Setup, port: u16, runtime: &tokio::runtime::Runtime) -> SdkTracerProvider {
@@ -189,11 +130,7 @@ async fn flow(instrumentation: Instrumentation, n: usize) -> Duration {
         }));
     let started = Instant::now();
     for _ in 0..n {
-        let message = Message {
-            queue: "orders",
-            headers: HashMap::new(),
-            body: vec![b'x'; 64],
-        };
+        let message = Message::new(0);
         producer.ready().await.unwrap().call(message).await.unwrap();
     }
     // Dropping the producer drops the last sender: the consumer ends after the last message.
@@ -234,7 +171,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let port = closed_port();
+    let port = closed_port().port();
     let resettable = reset_peak();
     println!(
         "{n} messages per run through ProducerLayer -> channel -> ConsumerLayer, 100% sampled, \

@@ -46,7 +46,6 @@
 //! The tests share the process's memory figures, so they run one at a time (a lock).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -54,7 +53,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::Context;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -71,10 +69,12 @@ use opentelemetry_sdk::trace::{
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tracelink::core::carrier::{MapExtractor, MapInjector};
 use tracelink::core::propagation::W3cTraceContextPropagator;
-use tracelink::core::{IncomingMessage, OutgoingMessage, PublishResponse};
-use tracelink::{ConsumerLayer, Destination, Instrumentation, MessagingSystem, ProducerLayer};
+use tracelink::{ConsumerLayer, Instrumentation, MessagingSystem, ProducerLayer};
+
+#[path = "support/in_process.rs"]
+mod in_process;
+use in_process::{closed_port, memory_kb, reset_peak, Message, Queued};
 
 /// Messages per test. A debug build handles them in a few seconds; 2 N spans are far more than
 /// the batch processor's queue (2048) and its first batch (512) together.
@@ -108,41 +108,6 @@ const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(60);
 
 /// One test at a time: they read the process's resident memory.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// An application message: a queue name, headers, a body and its number in the run.
-#[derive(Debug)]
-struct Message {
-    id: usize,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
-
-impl OutgoingMessage for Message {
-    fn destination(&self) -> Destination<'_> {
-        Destination::new("orders")
-    }
-    fn with_headers_mut(&mut self, f: &mut dyn FnMut(&mut dyn Injector)) {
-        f(&mut MapInjector(&mut self.headers))
-    }
-    fn body_size(&self) -> Option<usize> {
-        Some(self.body.len())
-    }
-}
-
-impl IncomingMessage for Message {
-    fn destination(&self) -> Destination<'_> {
-        Destination::new("orders")
-    }
-    fn with_headers(&self, f: &mut dyn FnMut(&dyn Extractor)) {
-        f(&MapExtractor(&self.headers))
-    }
-    fn body_size(&self) -> Option<usize> {
-        Some(self.body.len())
-    }
-}
-
-struct Queued;
-impl PublishResponse for Queued {}
 
 /// What the exporter under test was asked to do.
 #[derive(Debug, Default)]
@@ -250,12 +215,6 @@ impl TraceService for NeverAnswers {
     }
 }
 
-/// A loopback port nothing listens on (bound, then released).
-fn closed_port() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
 /// Starts a raw listener that accepts and keeps every connection open without writing; when
 /// `read`, it also reads everything the client sends.
 async fn raw_listener(listener: Arc<Listener>, read: bool) -> SocketAddr {
@@ -316,26 +275,6 @@ async fn grpc_never_answers(listener: Arc<Listener>) -> SocketAddr {
         }
     });
     address
-}
-
-/// `VmRSS` and `VmHWM` of this process, in kB.
-fn memory_kb() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse().ok())
-            .unwrap_or_else(|| panic!("{name} in /proc/self/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Resets `VmHWM` to the current `VmRSS` (Linux: `echo 5 > /proc/self/clear_refs`).
-fn reset_peak() {
-    std::fs::write("/proc/self/clear_refs", "5")
-        .expect("resetting VmHWM through /proc/self/clear_refs");
 }
 
 fn exporter(
@@ -401,11 +340,7 @@ async fn flow(instrumentation: Instrumentation, n: usize) -> Vec<u32> {
             }
         }));
     for id in 0..n {
-        let message = Message {
-            id,
-            headers: HashMap::new(),
-            body: vec![b'x'; 64],
-        };
+        let message = Message::new(id);
         producer.ready().await.unwrap().call(message).await.unwrap();
     }
     // Dropping the producer drops the last sender: the consumer ends after the last message.
@@ -453,7 +388,10 @@ fn run(transport: Transport, collector: Collector) {
         .with_propagator(W3cTraceContextPropagator::new())
         .build();
 
-    reset_peak();
+    assert!(
+        reset_peak(),
+        "resetting VmHWM through /proc/self/clear_refs"
+    );
     let (before, _) = memory_kb();
     let started = Instant::now();
     let seen = runtime.block_on(async {
@@ -619,7 +557,10 @@ fn keeping_every_span_breaks_the_memory_bound() {
         .with_tracer_provider(&provider)
         .with_propagator(W3cTraceContextPropagator::new())
         .build();
-    reset_peak();
+    assert!(
+        reset_peak(),
+        "resetting VmHWM through /proc/self/clear_refs"
+    );
     let (before, _) = memory_kb();
     let seen = runtime.block_on(async {
         tokio::time::timeout(FLOW_DEADLINE, flow(instrumentation, N))

@@ -34,6 +34,40 @@ struct Seen {
     baggage: (usize, usize),
 }
 
+/// What went wrong with each case: a case the client refused or could not read must not have
+/// reached the handler; every other one must have been handled once, with the promised span and
+/// baggage.
+fn check_cases(
+    cases: &[Case],
+    seen: &BTreeMap<String, Vec<Seen>>,
+    telemetry: &Telemetry,
+    refused: &[&str],
+    unreadable: &[&str],
+) -> Vec<String> {
+    let spans = telemetry.spans();
+    let mut failures = Vec::new();
+    for case in cases {
+        let runs = seen.get(case.name).cloned().unwrap_or_default();
+        if refused.contains(&case.name) || unreadable.contains(&case.name) {
+            if !runs.is_empty() {
+                failures.push(format!("{}: expected async-nats to drop it", case.name));
+            }
+            continue;
+        }
+        if runs.len() != 1 {
+            failures.push(format!("{}: handled {} times", case.name, runs.len()));
+            continue;
+        }
+        let span = spans
+            .iter()
+            .find(|s| s.span_context.span_id() == runs[0].span_id)
+            .expect("the handler's span was exported");
+        failures.extend(check_process_span(case, span).err());
+        failures.extend(check_baggage(case, runs[0].baggage).err());
+    }
+    failures
+}
+
 /// Publishes `headers` on `subject` over a raw protocol connection (`HPUB`), so that any bytes
 /// reach the server; waits for the server's `PONG` so the message was routed.
 async fn raw_publish(url: &str, subject: &str, headers: &[(String, Vec<u8>)], payload: &[u8]) {
@@ -195,27 +229,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
     });
 
     let seen = seen.lock().unwrap().clone();
-    let spans = telemetry.spans();
-    let mut failures = Vec::new();
-    for case in &cases {
-        let runs = seen.get(case.name).cloned().unwrap_or_default();
-        if refused.contains(&case.name) || unreadable.contains(&case.name) {
-            if !runs.is_empty() {
-                failures.push(format!("{}: expected async-nats to drop it", case.name));
-            }
-            continue;
-        }
-        if runs.len() != 1 {
-            failures.push(format!("{}: handled {} times", case.name, runs.len()));
-            continue;
-        }
-        let span = spans
-            .iter()
-            .find(|s| s.span_context.span_id() == runs[0].span_id)
-            .expect("the handler's span was exported");
-        failures.extend(check_process_span(case, span).err());
-        failures.extend(check_baggage(case, runs[0].baggage).err());
-    }
+    let failures = check_cases(&cases, &seen, &telemetry, &refused, &unreadable);
     assert_eq!(
         refused,
         vec!["tp-1mib"],
@@ -413,27 +427,7 @@ async fn jetstream_hostile_headers_are_handled_once_with_fresh_roots() {
     );
 
     let seen = seen.lock().unwrap().clone();
-    let spans = telemetry.spans();
-    let mut failures = Vec::new();
-    for case in &cases {
-        let runs = seen.get(case.name).cloned().unwrap_or_default();
-        if refused.contains(&case.name) || unreadable.contains(&case.name) {
-            if !runs.is_empty() {
-                failures.push(format!("{}: expected async-nats to drop it", case.name));
-            }
-            continue;
-        }
-        if runs.len() != 1 {
-            failures.push(format!("{}: handled {} times", case.name, runs.len()));
-            continue;
-        }
-        let span = spans
-            .iter()
-            .find(|s| s.span_context.span_id() == runs[0].span_id)
-            .expect("the handler's span was exported");
-        failures.extend(check_process_span(case, span).err());
-        failures.extend(check_baggage(case, runs[0].baggage).err());
-    }
+    let failures = check_cases(&cases, &seen, &telemetry, &refused, &unreadable);
     assert_eq!(
         seen.get("sentinel").map(Vec::len),
         Some(1),
