@@ -306,14 +306,31 @@ fn benches(c: &mut Criterion) {
     propagators(c, &cx);
 }
 
-/// `propagator/{sdk,tracelink}/{inject,extract,extract-pairs}`: one propagator call, over the
-/// carriers described at [`WireInjector`], a `HashMap` (what the SDK's inject wrote: `traceparent`
-/// and an empty `tracestate`) and [`PairsExtractor`] ([`broker_headers`]).
+/// The two `HashMap`s the extract cases read: `traceparent` alone (what tracelink's carriers, and
+/// the Java and Python SDKs, write for a context without trace state), and what the Rust SDK's
+/// propagator writes into a `HashMap` through the API's own `Injector` for it (`traceparent` and
+/// an empty `tracestate`).
+fn extract_maps(cx: &Context) -> [HashMap<String, String>; 2] {
+    let sdk = TraceContextPropagator::new();
+    let mut traceparent_only = HashMap::new();
+    sdk.inject_context(cx, &mut MapInjector(&mut traceparent_only));
+    let mut as_sdk_writes = HashMap::new();
+    sdk.inject_context(cx, &mut as_sdk_writes);
+    assert_eq!(
+        as_sdk_writes.get("tracestate").map(String::as_str),
+        Some("")
+    );
+    [traceparent_only, as_sdk_writes]
+}
+
+/// `propagator/{sdk,tracelink}/{inject,extract,extract-sdk-map,extract-pairs}`: one propagator
+/// call, over the carriers described at [`WireInjector`], the `HashMap`s of [`extract_maps`]
+/// (`extract`: `traceparent` alone; `extract-sdk-map`: with the Rust SDK's empty `tracestate`)
+/// and [`PairsExtractor`] ([`broker_headers`]).
 fn propagators(c: &mut Criterion, cx: &Context) {
     let sdk = TraceContextPropagator::new();
     let ours = W3cTraceContextPropagator::new();
-    let mut map = HashMap::new();
-    sdk.inject_context(cx, &mut MapInjector(&mut map));
+    let [map, sdk_map] = extract_maps(cx);
     let pairs = broker_headers(cx);
     let mut wire = Vec::with_capacity(256);
     for (name, p) in [
@@ -340,22 +357,24 @@ fn propagators(c: &mut Criterion, cx: &Context) {
         c.bench_function(&format!("propagator/{name}/extract"), |b| {
             b.iter(|| black_box(p.extract(&MapExtractor(&map))))
         });
+        c.bench_function(&format!("propagator/{name}/extract-sdk-map"), |b| {
+            b.iter(|| black_box(p.extract(&MapExtractor(&sdk_map))))
+        });
         c.bench_function(&format!("propagator/{name}/extract-pairs"), |b| {
             b.iter(|| black_box(p.extract(&PairsExtractor(&pairs))))
         });
     }
 }
 
-/// `TRACELINK_BENCH_CASE=propagator/<sdk|tracelink>/<inject|inject-str|extract|extract-pairs>`: one
-/// propagator operation `n` times, for callgrind.
+/// `TRACELINK_BENCH_CASE=propagator/<sdk|tracelink>/<inject|inject-str|extract|extract-sdk-map|extract-pairs>`:
+/// one propagator operation `n` times, for callgrind.
 fn single_propagator_case(case: &str, n: u64) {
     let provider = tracer_provider(true);
     let cx = Context::new().with_span(provider.tracer("carrier").start("x"));
     let sdk = TraceContextPropagator::new();
     let ours = W3cTraceContextPropagator::new();
     let p: &dyn TextMapPropagator = if case.contains("/sdk/") { &sdk } else { &ours };
-    let mut map = HashMap::new();
-    sdk.inject_context(&cx, &mut MapInjector(&mut map));
+    let [map, sdk_map] = extract_maps(&cx);
     let pairs = broker_headers(&cx);
     let mut wire = Vec::with_capacity(256);
     for _ in 0..n {
@@ -369,6 +388,8 @@ fn single_propagator_case(case: &str, n: u64) {
             black_box(&wire);
         } else if case.ends_with("/extract") {
             black_box(p.extract(&MapExtractor(&map)));
+        } else if case.ends_with("/extract-sdk-map") {
+            black_box(p.extract(&MapExtractor(&sdk_map)));
         } else {
             black_box(p.extract(&PairsExtractor(&pairs)));
         }

@@ -19,7 +19,8 @@
 //! the drift of a shared machine; and the client process's CPU time per message (all threads,
 //! from `/proc/self/task/*/schedstat`), which the broker's share of a small machine does not blur.
 //! The propagator is tracelink's `W3cTraceContextPropagator`, or the SDK's with
-//! `TRACELINK_BENCH_PROPAGATOR=sdk`. Besides the human-readable table it prints
+//! `TRACELINK_BENCH_PROPAGATOR=sdk`. `TRACELINK_BENCH_MODES` (a comma-separated list of `raw`,
+//! `header`, `sampled`, `unsampled`, `off`) runs only some modes, to profile one at a time. Besides the human-readable table it prints
 //! `TABLE amqp <sampling> <raw> <traced> <ratio>` lines, which `scripts/throughput` collects.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -82,6 +83,17 @@ enum Mode {
 }
 
 impl Mode {
+    /// The name `TRACELINK_BENCH_MODES` selects this mode by.
+    fn key(self) -> &'static str {
+        match self {
+            Mode::Raw => "raw",
+            Mode::RawWithHeaders => "header",
+            Mode::Sampled => "sampled",
+            Mode::Unsampled => "unsampled",
+            Mode::TracingOff => "off",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Mode::Raw => "raw lapin",
@@ -320,13 +332,24 @@ fn main() {
             .with_tracer_provider(&opentelemetry::trace::noop::NoopTracerProvider::new())
             .with_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(vec![]))
             .build();
-        let modes = [
+        // `TRACELINK_BENCH_MODES=raw,off` (say) runs only those modes, for a profiler; the
+        // table needs raw, sampled and unsampled.
+        let selected = std::env::var("TRACELINK_BENCH_MODES").ok();
+        let modes: Vec<Mode> = [
             Mode::Raw,
             Mode::RawWithHeaders,
             Mode::Sampled,
             Mode::Unsampled,
             Mode::TracingOff,
-        ];
+        ]
+        .into_iter()
+        .filter(|m| {
+            selected
+                .as_deref()
+                .is_none_or(|s| s.split(',').any(|k| k.trim() == m.key()))
+        })
+        .collect();
+        assert!(!modes.is_empty(), "TRACELINK_BENCH_MODES selects no mode");
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); modes.len()];
         for round in 1..=rounds {
@@ -349,8 +372,12 @@ fn main() {
             PAYLOAD.len(),
             if sdk_propagator() { "SDK W3C" } else { "tracelink W3C" }
         );
+        let raw = modes.iter().position(|m| *m == Mode::Raw);
         for (i, mode) in modes.iter().enumerate() {
-            let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(t, r)| t / r).collect();
+            let ratios: Vec<f64> = match raw {
+                Some(raw) => rates[i].iter().zip(&rates[raw]).map(|(t, r)| t / r).collect(),
+                None => vec![f64::NAN],
+            };
             let all: Vec<String> = rates[i].iter().map(|r| format!("{r:.0}")).collect();
             println!(
                 "{:<24} median {:>7.0} msg/s   traced/raw (median of per-round ratios) {:.3}   client CPU {}   rounds: {}",
@@ -364,11 +391,14 @@ fn main() {
                 all.join(" ")
             );
         }
-        for (i, sampling) in [(2, "sampled"), (3, "unsampled")] {
-            let ratios: Vec<f64> = rates[i].iter().zip(&rates[0]).map(|(t, r)| t / r).collect();
+        for (mode, sampling) in [(Mode::Sampled, "sampled"), (Mode::Unsampled, "unsampled")] {
+            let (Some(raw), Some(i)) = (raw, modes.iter().position(|m| *m == mode)) else {
+                continue;
+            };
+            let ratios: Vec<f64> = rates[i].iter().zip(&rates[raw]).map(|(t, r)| t / r).collect();
             println!(
                 "TABLE amqp {sampling} {:.0} {:.0} {:.3}",
-                median(rates[0].clone()),
+                median(rates[raw].clone()),
                 median(rates[i].clone()),
                 median(ratios)
             );

@@ -184,15 +184,30 @@ impl Instrumentation {
         message: &M,
     ) -> Option<SpanContext> {
         let mut found = None;
-        message.with_headers(&mut |ex| {
-            let cx = self.extract(ex);
-            let span = cx.span();
-            let sc = span.span_context();
-            if sc.is_valid() {
-                found = Some(sc.clone());
-            }
-        });
+        message.with_headers(&mut |ex| found = self.extract_producer(ex).0);
         found
+    }
+
+    /// The producer's span context (when valid) and the baggage the policy lets through, as
+    /// [`extract`](Self::extract) reads them. With tracelink's W3C propagator alone there is no
+    /// baggage to read, and the span context comes without building a [`Context`].
+    fn extract_producer(
+        &self,
+        extractor: &dyn Extractor,
+    ) -> (Option<SpanContext>, Option<opentelemetry::baggage::Baggage>) {
+        if let Some(alone) = self
+            .inner
+            .w3c
+            .as_ref()
+            .and_then(|w3c| w3c.extract_span_context_alone(extractor))
+        {
+            return (alone, None);
+        }
+        let cx = self.extract(extractor);
+        let span = cx.span();
+        let sc = span.span_context();
+        let producer = sc.is_valid().then(|| sc.clone());
+        (producer, self.inner.baggage_policy.apply(cx.baggage()))
     }
 
     fn destination_attributes(
@@ -413,13 +428,7 @@ impl Instrumentation {
         let mut baggage = None;
         let inner = &*self.inner;
         message.with_headers(&mut |ex| {
-            let cx = self.extract(ex);
-            let span = cx.span();
-            let sc = span.span_context();
-            if sc.is_valid() {
-                producer = Some(sc.clone());
-            }
-            baggage = inner.baggage_policy.apply(cx.baggage());
+            (producer, baggage) = self.extract_producer(ex);
             for (header, key) in &inner.captured_headers {
                 if let Some(value) = Bounded(ex).get(header) {
                     captured.push(KeyValue::new(key.clone(), value.to_owned()));

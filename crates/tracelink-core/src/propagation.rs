@@ -257,6 +257,19 @@ impl W3cCompositePropagator {
             propagator.extract_with_context(&cx, &bounded)
         })
     }
+
+    /// The remote span context [`extract_bounded`](Self::extract_bounded) would put in its
+    /// context, read without building that context (an `Arc` allocated and freed a message),
+    /// when this is the W3C propagator alone: then nothing else could be in it. `None` when other
+    /// propagators follow; their extraction needs the context.
+    pub(crate) fn extract_span_context_alone(
+        &self,
+        extractor: &dyn Extractor,
+    ) -> Option<Option<SpanContext>> {
+        self.next
+            .is_empty()
+            .then(|| extract_span_context(extractor, MAX_HEADER_VALUE_LEN))
+    }
 }
 
 impl TextMapPropagator for W3cCompositePropagator {

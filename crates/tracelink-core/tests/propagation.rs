@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use opentelemetry::baggage::BaggageExt;
-use opentelemetry::propagation::{Injector, TextMapCompositePropagator, TextMapPropagator};
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
+};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
@@ -12,7 +14,9 @@ use tracelink_core::carrier::{
     is_valid_traceparent, MapExtractor, MapInjector, StrInjector, MAX_HEADER_VALUE_LEN,
 };
 use tracelink_core::propagation::W3cTraceContextPropagator;
-use tracelink_core::{Destination, Instrumentation, MessagingSystem, OutgoingMessage};
+use tracelink_core::{
+    Destination, IncomingMessage, Instrumentation, MessagingSystem, OutgoingMessage,
+};
 
 /// A small deterministic generator, so failures reproduce.
 struct Lcg(u64);
@@ -338,6 +342,53 @@ fn layers_extract_the_same_through_either_path() {
         assert_eq!(summary(&a), summary(&b), "{label}");
         assert_eq!(baggage_of(&a), baggage_of(&b), "{label}");
     }
+}
+
+/// An incoming message over a header map.
+struct Received<'a>(&'a HashMap<String, String>);
+
+impl IncomingMessage for Received<'_> {
+    fn destination(&self) -> Destination<'_> {
+        Destination::new("orders")
+    }
+
+    fn with_headers(&self, f: &mut dyn FnMut(&dyn Extractor)) {
+        f(&MapExtractor(self.0))
+    }
+}
+
+/// With tracelink's propagator alone, the layers read the producer's span context without
+/// building a `Context`: what they read must be what `extract` returns, through our propagator
+/// and through a composite the layers cannot look into, over the hostile corpus.
+#[test]
+fn layers_read_the_producer_context_extract_reads() {
+    let fast = instrumentation(W3cTraceContextPropagator::new());
+    let generic = instrumentation(TextMapCompositePropagator::new(vec![Box::new(
+        W3cTraceContextPropagator::new(),
+    )]));
+    let with_baggage =
+        instrumentation(W3cTraceContextPropagator::new().followed_by(BaggagePropagator::new()));
+    let mut read = 0;
+    for h in hostile_headers() {
+        let label = format!("{:.80?}", h);
+        let extracted = summary(&fast.extract(&MapExtractor(&h)));
+        let message = Received(&h);
+        for instrumentation in [&fast, &generic, &with_baggage] {
+            let producer = instrumentation.producer_context(&message);
+            let producer = producer.as_ref().map(|sc| {
+                (
+                    sc.trace_id(),
+                    sc.span_id(),
+                    sc.trace_flags(),
+                    sc.trace_state().header(),
+                    sc.is_remote(),
+                )
+            });
+            assert_eq!(producer, extracted, "{label}");
+        }
+        read += usize::from(extracted.is_some());
+    }
+    assert!(read > 3, "the corpus has readable headers too ({read})");
 }
 
 /// A traceparent just past the bound reads as absent through both paths, and one within it is

@@ -11,7 +11,9 @@
 //! ~3 s group join is not counted). The end-to-end rate of a round is N / (produce time + consume
 //! time). Rounds (`TRACELINK_BENCH_ROUNDS`, default 5) of the three variants are interleaved, the
 //! order rotating; reported are the medians, and traced/raw as the median of the per-round
-//! ratios. Sampled spans go through a batch processor into an exporter that discards them;
+//! ratios. A fourth variant, raw rdkafka setting a `traceparent` header on each record and reading
+//! it back from each message, shows what carrying the header costs the client before any tracing
+//! (not in the table). Sampled spans go through a batch processor into an exporter that discards them;
 //! unsampled use `Sampler::AlwaysOff`. The propagator is tracelink's
 //! `W3cTraceContextPropagator`, or the SDK's with `TRACELINK_BENCH_PROPAGATOR=sdk`.
 //!
@@ -31,6 +33,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -66,7 +69,13 @@ enum Variant {
     Raw,
     Sampled,
     Unsampled,
+    /// Raw rdkafka carrying one `traceparent` header: set on each record, read back from each
+    /// message by the consumer. What propagating a context costs the client before any tracing.
+    RawWithHeader,
 }
+
+/// The header `Variant::RawWithHeader` carries.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 struct Round {
     produce: Duration,
@@ -115,7 +124,7 @@ async fn round(
     let producer: FutureProducer = config.create().unwrap();
     let started = Instant::now();
     match variant {
-        Variant::Raw => {
+        Variant::Raw | Variant::RawWithHeader => {
             let mut pending = FuturesUnordered::new();
             for i in 0..n {
                 if pending.len() >= IN_FLIGHT {
@@ -126,7 +135,13 @@ async fn round(
                 let (topic, payload) = (&topic, &payload);
                 pending.push(async move {
                     let key = i.to_string();
-                    let record = FutureRecord::to(topic).key(&key).payload(payload);
+                    let mut record = FutureRecord::to(topic).key(&key).payload(payload);
+                    if variant == Variant::RawWithHeader {
+                        record = record.headers(OwnedHeaders::new().insert(Header {
+                            key: "traceparent",
+                            value: Some(TRACEPARENT),
+                        }));
+                    }
                     producer.send(record, Timeout::Never).await.map(|_| ())
                 });
             }
@@ -162,7 +177,7 @@ async fn round(
     let consumer_config = consumer_config(&brokers, &group);
     let first = Arc::new(Mutex::new(None::<Instant>));
     let consume = match variant {
-        Variant::Raw => {
+        Variant::Raw | Variant::RawWithHeader => {
             let consumer: StreamConsumer = consumer_config.create().unwrap();
             consumer.subscribe(&[&topic]).unwrap();
             let mut count = 0;
@@ -171,6 +186,11 @@ async fn round(
                 let message = consumer.recv().await.unwrap();
                 first_at.get_or_insert_with(Instant::now);
                 black_box(message.payload());
+                if variant == Variant::RawWithHeader {
+                    let headers = message.headers().unwrap();
+                    let traceparent = headers.iter().find(|h| h.key == "traceparent");
+                    assert_eq!(traceparent.unwrap().value, Some(TRACEPARENT.as_bytes()));
+                }
                 consumer.store_offset_from_message(&message).unwrap();
                 count += 1;
             }
@@ -219,7 +239,7 @@ fn layer_only(sampler: Sampler, iterations: u32) -> f64 {
     use futures_util::FutureExt;
     use opentelemetry::propagation::TextMapPropagator;
     use opentelemetry::trace::TraceContextExt;
-    use rdkafka::message::{OwnedHeaders, OwnedMessage};
+    use rdkafka::message::OwnedMessage;
     use tower::Layer;
     use tracelink_kafka::HeaderInjector;
 
@@ -308,7 +328,12 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let cluster = MockCluster::new(1).unwrap();
-        let variants = [Variant::Raw, Variant::Sampled, Variant::Unsampled];
+        let variants = [
+            Variant::Raw,
+            Variant::Sampled,
+            Variant::Unsampled,
+            Variant::RawWithHeader,
+        ];
         let mut results: Vec<Vec<Round>> = variants.iter().map(|_| Vec::new()).collect();
         // Warm-up (not counted): the mock cluster's first topics and connections are slower.
         for variant in variants {
@@ -374,6 +399,10 @@ fn main() {
                 ratio(slot),
             );
         }
+        println!(
+            "raw with a traceparent header / raw (end to end): {:.3}  (the cost of carrying the header)",
+            ratio(3)
+        );
         for (slot, sampling) in [(1, "sampled"), (2, "unsampled")] {
             println!(
                 "TABLE kafka {sampling} {:.0} {:.0} {:.3}",
