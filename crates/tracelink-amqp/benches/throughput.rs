@@ -20,8 +20,9 @@
 //! from `/proc/self/task/*/schedstat`), which the broker's share of a small machine does not blur.
 //! The propagator is tracelink's `W3cTraceContextPropagator`, or the SDK's with
 //! `TRACELINK_BENCH_PROPAGATOR=sdk`. `TRACELINK_BENCH_MODES` (a comma-separated list of `raw`,
-//! `header`, `sampled`, `unsampled`, `off`) runs only some modes, to profile one at a time. Besides the human-readable table it prints
-//! `TABLE amqp <sampling> <raw> <traced> <ratio>` lines, which `scripts/throughput` collects.
+//! `header`, `sampled`, `unsampled`, `off`) runs only some modes, to profile one at a time.
+//! Besides the human-readable table it prints `TABLE amqp <sampling> <raw> <traced> <ratio>`
+//! lines, which `scripts/throughput` collects.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;

@@ -9,7 +9,7 @@
 //! Each round publishes N (`TRACELINK_BENCH_MESSAGES`, default 20000) 64-byte messages (up to
 //! 1024 in flight), then consumes them in a fresh group (timed from the first message, so the
 //! ~3 s group join is not counted). The end-to-end rate of a round is N / (produce time + consume
-//! time). Rounds (`TRACELINK_BENCH_ROUNDS`, default 5) of the three variants are interleaved, the
+//! time). Rounds (`TRACELINK_BENCH_ROUNDS`, default 5) of the variants are interleaved, the
 //! order rotating; reported are the medians, and traced/raw as the median of the per-round
 //! ratios. A fourth variant, raw rdkafka setting a `traceparent` header on each record and reading
 //! it back from each message, shows what carrying the header costs the client before any tracing
