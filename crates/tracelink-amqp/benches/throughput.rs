@@ -20,7 +20,8 @@
 //! from `/proc/self/task/*/schedstat`), which the broker's share of a small machine does not blur.
 //! The propagator is tracelink's `W3cTraceContextPropagator`, or the SDK's with
 //! `TRACELINK_BENCH_PROPAGATOR=sdk`. `TRACELINK_BENCH_MODES` (a comma-separated list of `raw`,
-//! `header`, `sampled`, `unsampled`, `off`) runs only some modes, to profile one at a time.
+//! `header`, `sampled`, `unsampled`, `off`) runs only some modes, to profile one at a time;
+//! `TRACELINK_BENCH_ADAPTER_SIDE=publish` (or `consume`) puts tracelink on that side only.
 //! Besides the human-readable table it prints `TABLE amqp <sampling> <raw> <traced> <ratio>`
 //! lines, which `scripts/throughput` collects.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -59,6 +60,23 @@ fn env(name: &str, default: usize) -> usize {
 fn sdk_propagator() -> bool {
     std::env::var("TRACELINK_BENCH_PROPAGATOR").is_ok_and(|v| v == "sdk")
 }
+/// One side of the exchange.
+#[derive(Clone, Copy, PartialEq)]
+enum Side {
+    Publish,
+    Consume,
+}
+
+/// `TRACELINK_BENCH_ADAPTER_SIDE=publish` (or `consume`): the adapter modes use tracelink on that
+/// side only and raw lapin on the other, to tell the two sides' costs apart.
+fn adapter_side() -> Option<Side> {
+    match std::env::var("TRACELINK_BENCH_ADAPTER_SIDE").as_deref() {
+        Ok("publish") => Some(Side::Publish),
+        Ok("consume") => Some(Side::Consume),
+        _ => None,
+    }
+}
+
 const PREFETCH: u16 = 256;
 const PAYLOAD: [u8; 64] = [b'x'; 64];
 
@@ -171,6 +189,10 @@ async fn run(
         let queue = queue.clone();
         let instr = instr.cloned();
         tokio::spawn(async move {
+            let instr = match adapter_side() {
+                Some(Side::Consume) => None,
+                _ => instr,
+            };
             match instr {
                 None => {
                     // The same header a traced publish adds, to tell the broker's share of the
@@ -224,6 +246,10 @@ async fn run(
         })
     };
 
+    let instr = match adapter_side() {
+        Some(Side::Publish) => None,
+        _ => instr,
+    };
     match instr {
         None => {
             let mut lapin_consumer = lapin_consumer;
