@@ -330,6 +330,43 @@ fn instrumentation(sampler: Sampler) -> (SdkTracerProvider, Instrumentation) {
     (provider, instr)
 }
 
+/// Nanoseconds a delivery of the consumer side's own work, without a broker: `AmqpDelivery::new`
+/// over a mock delivery carrying a `traceparent`, then `ConsumerLayer` (with `instr`) around a
+/// no-op handler; and `AmqpDelivery::new` alone.
+fn consumer_side_alone(instr: &Instrumentation, iterations: u32) -> (f64, f64) {
+    use futures_util::FutureExt;
+    use lapin::message::Delivery;
+    use tower::Layer;
+
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+    );
+    let delivery = || {
+        let mut d = Delivery::mock(1, "".into(), "orders".into(), false, PAYLOAD.to_vec());
+        d.properties = BasicProperties::default().with_headers(headers.clone());
+        d
+    };
+    let mut service =
+        tracelink_core::ConsumerLayer::from(instr.clone()).layer(service_fn(|d: AmqpDelivery| {
+            std::future::ready(Ok::<_, Infallible>(std::hint::black_box(d).data().len()))
+        }));
+    let per = |started: Instant| started.elapsed().as_nanos() as f64 / f64::from(iterations);
+    let started = Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(AmqpDelivery::new(delivery(), "orders".into()));
+    }
+    let new_only = per(started);
+    let started = Instant::now();
+    for _ in 0..iterations {
+        let _ = service
+            .call(AmqpDelivery::new(delivery(), "orders".into()))
+            .now_or_never();
+    }
+    (per(started), new_only)
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and expects a
     // quick run: one round of a few messages would not say anything, so it only checks that
@@ -350,15 +387,22 @@ fn main() {
             .expect("second connection");
         let (sampled_provider, sampled) = instrumentation(Sampler::AlwaysOn);
         let (unsampled_provider, unsampled) = instrumentation(Sampler::AlwaysOff);
+        let off = Instrumentation::builder(messaging_system(&url()))
+            .with_tracer_provider(&opentelemetry::trace::noop::NoopTracerProvider::new())
+            .with_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(vec![]))
+            .build();
+        let iterations = 100_000;
+        let (with_off, new_only) = consumer_side_alone(&off, iterations);
+        println!(
+            "consumer side without a broker, ns/delivery: AmqpDelivery::new {new_only:.0}; with ConsumerLayer: tracing off {with_off:.0}, unsampled {:.0}, sampled {:.0}",
+            consumer_side_alone(&unsampled, iterations).0,
+            consumer_side_alone(&sampled, iterations).0,
+        );
 
         // Warm-up: connections, queues, allocator.
         run(Mode::Raw, 0, &producer, &consumer, None, messages).await;
         run(Mode::Sampled, 0, &producer, &consumer, Some(&sampled), messages).await;
 
-        let off = Instrumentation::builder(messaging_system(&url()))
-            .with_tracer_provider(&opentelemetry::trace::noop::NoopTracerProvider::new())
-            .with_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(vec![]))
-            .build();
         // `TRACELINK_BENCH_MODES=raw,off` (say) runs only those modes, for a profiler; the
         // table needs raw, sampled and unsampled.
         let selected = std::env::var("TRACELINK_BENCH_MODES").ok();
