@@ -314,17 +314,24 @@ fn baggage_of(cx: &Context) -> Vec<(String, String)> {
     items
 }
 
+/// Our propagator alone (the layers' own path), inside a composite the layers cannot look into
+/// (the generic path), and followed by baggage.
+fn layer_setups() -> [Instrumentation; 3] {
+    [
+        instrumentation(W3cTraceContextPropagator::new()),
+        instrumentation(TextMapCompositePropagator::new(vec![Box::new(
+            W3cTraceContextPropagator::new(),
+        )])),
+        instrumentation(W3cTraceContextPropagator::new().followed_by(BaggagePropagator::new())),
+    ]
+}
+
 /// The layers read our propagator through a path of their own (no second shape check, the
 /// length bound applied inline): it must give what the generic path gives, which a composite
 /// the layers cannot look into takes.
 #[test]
 fn layers_extract_the_same_through_either_path() {
-    let fast = instrumentation(W3cTraceContextPropagator::new());
-    let generic = instrumentation(TextMapCompositePropagator::new(vec![Box::new(
-        W3cTraceContextPropagator::new(),
-    )]));
-    let fast_baggage =
-        instrumentation(W3cTraceContextPropagator::new().followed_by(BaggagePropagator::new()));
+    let [fast, generic, fast_baggage] = layer_setups();
     let generic_baggage = instrumentation(TextMapCompositePropagator::new(vec![
         Box::new(W3cTraceContextPropagator::new()),
         Box::new(BaggagePropagator::new()),
@@ -364,12 +371,7 @@ impl IncomingMessage for Received<'_> {
 /// and through a composite the layers cannot look into, over the hostile corpus.
 #[test]
 fn layers_read_the_producer_context_extract_reads() {
-    let fast = instrumentation(W3cTraceContextPropagator::new());
-    let generic = instrumentation(TextMapCompositePropagator::new(vec![Box::new(
-        W3cTraceContextPropagator::new(),
-    )]));
-    let with_baggage =
-        instrumentation(W3cTraceContextPropagator::new().followed_by(BaggagePropagator::new()));
+    let [fast, generic, with_baggage] = layer_setups();
     let mut read = 0;
     for h in hostile_headers() {
         let label = format!("{:.80?}", h);
