@@ -33,13 +33,13 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporte
 use tokio::sync::mpsc;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tracelink::core::propagation::W3cTraceContextPropagator;
-use tracelink::{ConsumerLayer, Instrumentation, MessagingSystem, ProducerLayer};
+use tracelink::{ConsumerLayer, Instrumentation, MessagingSystem};
 
 // The message number is the test's business; the bench does not read it.
 #[allow(dead_code)]
 #[path = "../tests/support/in_process.rs"]
 mod in_process;
-use in_process::{closed_port, memory_kb, reset_peak, Message, Queued};
+use in_process::{closed_port, memory_kb, queueing_producer, reset_peak, Message};
 
 /// Discards every span: the batch processor's own cost, without any export.
 #[derive(Debug)]
@@ -117,17 +117,7 @@ async fn flow(instrumentation: Instrumentation, n: usize) -> Duration {
         }
         handled
     });
-    let mut producer = ServiceBuilder::new()
-        .layer(ProducerLayer::from(instrumentation))
-        .service(service_fn(move |message: Message| {
-            let tx = tx.clone();
-            async move {
-                tx.send(message)
-                    .await
-                    .map(|()| Queued)
-                    .map_err(|_| std::io::Error::other("consumer gone"))
-            }
-        }));
+    let mut producer = queueing_producer(instrumentation, tx);
     let started = Instant::now();
     for _ in 0..n {
         let message = Message::new(0);

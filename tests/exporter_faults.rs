@@ -70,11 +70,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tracelink::core::propagation::W3cTraceContextPropagator;
-use tracelink::{ConsumerLayer, Instrumentation, MessagingSystem, ProducerLayer};
+use tracelink::{ConsumerLayer, Instrumentation, MessagingSystem};
 
 #[path = "support/in_process.rs"]
 mod in_process;
-use in_process::{closed_port, memory_kb, reset_peak, Message, Queued};
+use in_process::{closed_port, memory_kb, queueing_producer, reset_peak, Message};
 
 /// Messages per test. A debug build handles them in a few seconds; 2 N spans are far more than
 /// the batch processor's queue (2048) and its first batch (512) together.
@@ -328,17 +328,7 @@ async fn flow(instrumentation: Instrumentation, n: usize) -> Vec<u32> {
             consumer.ready().await.unwrap().call(message).await.unwrap();
         }
     });
-    let mut producer = ServiceBuilder::new()
-        .layer(ProducerLayer::from(instrumentation))
-        .service(service_fn(move |message: Message| {
-            let tx = tx.clone();
-            async move {
-                tx.send(message)
-                    .await
-                    .map(|()| Queued)
-                    .map_err(|_| std::io::Error::other("consumer gone"))
-            }
-        }));
+    let mut producer = queueing_producer(instrumentation, tx);
     for id in 0..n {
         let message = Message::new(id);
         producer.ready().await.unwrap().call(message).await.unwrap();

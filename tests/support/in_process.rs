@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use opentelemetry::propagation::{Extractor, Injector};
+use tokio::sync::mpsc;
+use tower::{service_fn, Service, ServiceBuilder};
 use tracelink::core::carrier::{MapExtractor, MapInjector};
 use tracelink::core::{IncomingMessage, OutgoingMessage, PublishResponse};
-use tracelink::Destination;
+use tracelink::{Destination, Instrumentation, ProducerLayer};
 
 /// An application message on the queue `orders`: its number in the run, headers and a 64-byte
 /// body.
@@ -55,6 +57,25 @@ impl IncomingMessage for Message {
 /// The publish response of the in-process channel.
 pub struct Queued;
 impl PublishResponse for Queued {}
+
+/// The traced producer side: `ProducerLayer` around a service that queues each message on `tx`
+/// for the consumer side (an error once that side is gone).
+pub fn queueing_producer(
+    instrumentation: Instrumentation,
+    tx: mpsc::Sender<Message>,
+) -> impl Service<Message, Response = Queued, Error = std::io::Error> {
+    ServiceBuilder::new()
+        .layer(ProducerLayer::from(instrumentation))
+        .service(service_fn(move |message: Message| {
+            let tx = tx.clone();
+            async move {
+                tx.send(message)
+                    .await
+                    .map(|()| Queued)
+                    .map_err(|_| std::io::Error::other("consumer gone"))
+            }
+        }))
+}
 
 /// `VmRSS` and `VmHWM` of this process, in kB.
 pub fn memory_kb() -> (u64, u64) {

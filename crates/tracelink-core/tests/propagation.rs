@@ -148,22 +148,30 @@ fn extraction_on_hostile_input_is_the_sdk_after_the_shape_check() {
     }
 }
 
+/// A context with a remote span context of random ids and flags, carrying `state` as its trace
+/// state when `with_state`.
+fn random_context(rng: &mut Lcg, with_state: bool, state: &str) -> Context {
+    let trace = TraceId::from_bytes(
+        ((u128::from(rng.next()) << 64) | u128::from(rng.next())).to_be_bytes(),
+    );
+    let span = SpanId::from_bytes(rng.next().to_be_bytes());
+    let state = match with_state {
+        true => TraceState::from_str(state).unwrap(),
+        false => TraceState::default(),
+    };
+    let flags = TraceFlags::new((rng.next() % 256) as u8);
+    Context::new().with_remote_span_context(SpanContext::new(trace, span, flags, false, state))
+}
+
 #[test]
 fn injection_matches_the_sdk_except_empty_tracestate() {
     let mut rng = Lcg(7);
     for i in 0..2_000 {
-        let trace = TraceId::from_bytes(
-            ((u128::from(rng.next()) << 64) | u128::from(rng.next())).to_be_bytes(),
+        let cx = random_context(
+            &mut rng,
+            i % 2 == 1,
+            "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
         );
-        let span = SpanId::from_bytes(rng.next().to_be_bytes());
-        let state = if i % 2 == 0 {
-            TraceState::default()
-        } else {
-            TraceState::from_str("rojo=00f067aa0ba902b7,congo=t61rcWkgMzE").unwrap()
-        };
-        let flags = TraceFlags::new((rng.next() % 256) as u8);
-        let cx = Context::new()
-            .with_remote_span_context(SpanContext::new(trace, span, flags, false, state));
         let mut ours = HashMap::new();
         W3cTraceContextPropagator::new().inject_context(&cx, &mut MapInjector(&mut ours));
         let mut sdk = HashMap::new();
@@ -443,18 +451,7 @@ fn str_injection_writes_the_same_headers_and_traceparent_borrowed() {
     let mut rng = Lcg(11);
     let mut cx_baggage = None;
     for i in 0..500 {
-        let trace = TraceId::from_bytes(
-            ((u128::from(rng.next()) << 64) | u128::from(rng.next())).to_be_bytes(),
-        );
-        let span = SpanId::from_bytes(rng.next().to_be_bytes());
-        let state = if i % 2 == 0 {
-            TraceState::default()
-        } else {
-            TraceState::from_str("rojo=00f067aa0ba902b7").unwrap()
-        };
-        let flags = TraceFlags::new((rng.next() % 256) as u8);
-        let cx = Context::new()
-            .with_remote_span_context(SpanContext::new(trace, span, flags, false, state))
+        let cx = random_context(&mut rng, i % 2 == 1, "rojo=00f067aa0ba902b7")
             .with_baggage([KeyValue::new("user", "alice")]);
         let mut plain = HashMap::new();
         W3cTraceContextPropagator::new().inject_context(&cx, &mut MapInjector(&mut plain));

@@ -14,7 +14,7 @@ mod support;
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
@@ -28,7 +28,9 @@ use tracelink_kafka::{
 };
 
 use support::{unique, Backend};
-use tracelink_testkit::load::{assert_attempts, attribute, failing_first_attempts, Recorder};
+use tracelink_testkit::load::{
+    assert_attempts, attribute, failing_first_attempts, within, Recorder,
+};
 
 /// Records per run, on either broker (see docs/RELIABILITY.md for the time a debug build takes).
 const N: usize = 100_000;
@@ -68,14 +70,8 @@ async fn load_every_record_succeeds_in_the_end_and_links_to_its_producer(backend
         Backend::Mock(_) => "mock cluster",
         Backend::Tansu(_) => "tansu",
     };
-    let started = Instant::now();
-    tokio::time::timeout(DEADLINE, run(backend, name, N))
-        .await
-        .unwrap_or_else(|_| panic!("load test ({name}) did not finish within {DEADLINE:?}"));
-    eprintln!(
-        "kafka ({name}) load: {N} records in {:?}",
-        started.elapsed()
-    );
+    let what = format!("kafka ({name}) load, {N} records");
+    within(DEADLINE, &what, run(backend, name, N)).await;
 }
 
 async fn run(backend: Backend, name: &str, n: usize) {

@@ -1,15 +1,28 @@
-//! Support for the adapters' load tests: which first attempts fail, and a span processor that
-//! keeps only what the tests check (ids, links, failure) of hundreds of thousands of spans.
+//! Support for the adapters' load tests: a deadline around the whole run, which first attempts
+//! fail, and a span processor that keeps only what the tests check (ids, links, failure) of
+//! hundreds of thousands of spans.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use opentelemetry::Context;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+
+/// Runs a load test's `body`, failing loudly if it takes longer than `deadline` (a stuck load
+/// test must not hang CI), and prints how long `what` took.
+pub async fn within<T>(deadline: Duration, what: &str, body: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = tokio::time::timeout(deadline, body)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {deadline:?}"));
+    eprintln!("{what}: {:?}", started.elapsed());
+    out
+}
 
 /// One first attempt in `FAIL_ONE_IN` fails.
 pub const FAIL_ONE_IN: u64 = 10;

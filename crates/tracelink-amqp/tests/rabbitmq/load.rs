@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::BasicQosOptions;
 use lapin::types::FieldTable;
@@ -18,7 +18,9 @@ use tracelink_amqp::{messaging_system, AmqpDelivery, AmqpPublisher, ConsumeLoop,
 use tracelink_core::{Instrumentation, ProducerLayer};
 
 use crate::support::*;
-use tracelink_testkit::load::{assert_attempts, attribute, failing_first_attempts, Recorder};
+use tracelink_testkit::load::{
+    assert_attempts, attribute, failing_first_attempts, within, Recorder,
+};
 
 /// Messages per run (a debug build handles them in well under the 90 s budget, see
 /// docs/RELIABILITY.md).
@@ -32,11 +34,7 @@ fn message_id(span: &SpanData) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_every_message_succeeds_in_the_end_and_links_to_its_producer() {
-    let started = Instant::now();
-    tokio::time::timeout(DEADLINE, run())
-        .await
-        .unwrap_or_else(|_| panic!("load test did not finish within {DEADLINE:?}"));
-    eprintln!("rabbitmq load: {N} messages in {:?}", started.elapsed());
+    within(DEADLINE, &format!("rabbitmq load, {N} messages"), run()).await;
 }
 
 async fn run() {

@@ -70,6 +70,18 @@ fn check_cases(
 
 /// Publishes `headers` on `subject` over a raw protocol connection (`HPUB`), so that any bytes
 /// reach the server; waits for the server's `PONG` so the message was routed.
+/// A case's text headers as an async-nats header map.
+fn header_map<'a>(text: impl IntoIterator<Item = (&'a str, &'a str)>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in text {
+        headers.append(
+            HeaderName::from_str(name).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    headers
+}
+
 async fn raw_publish(url: &str, subject: &str, headers: &[(String, Vec<u8>)], payload: &[u8]) {
     let address = url.trim_start_matches("nats://").trim_end_matches('/');
     let stream = tokio::net::TcpStream::connect(address)
@@ -136,13 +148,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
     for case in &cases {
         if case.size() + case.name.len() > max_payload {
             // Over the server's max_payload: the client refuses it before it is sent.
-            let mut headers = HeaderMap::new();
-            for (name, value) in case.text_headers().unwrap() {
-                headers.append(
-                    HeaderName::from_str(name).unwrap(),
-                    HeaderValue::from_str(value).unwrap(),
-                );
-            }
+            let headers = header_map(case.text_headers().unwrap());
             let result = publisher
                 .publish_with_headers(subject.clone(), headers, case.name.into())
                 .await;
@@ -156,13 +162,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
         }
         match case.text_headers() {
             Some(text) => {
-                let mut headers = HeaderMap::new();
-                for (name, value) in text {
-                    headers.append(
-                        HeaderName::from_str(name).unwrap(),
-                        HeaderValue::from_str(value).unwrap(),
-                    );
-                }
+                let headers = header_map(text);
                 publisher
                     .publish_with_headers(subject.clone(), headers, case.name.into())
                     .await
@@ -302,13 +302,7 @@ async fn jetstream_hostile_headers_are_handled_once_with_fresh_roots() {
     for case in &cases {
         match case.text_headers() {
             Some(text) => {
-                let mut headers = HeaderMap::new();
-                for (name, value) in text {
-                    headers.append(
-                        HeaderName::from_str(name).unwrap(),
-                        HeaderValue::from_str(value).unwrap(),
-                    );
-                }
+                let headers = header_map(text);
                 let sent = js
                     .publish_with_headers(subject.clone(), headers, case.name.into())
                     .await;

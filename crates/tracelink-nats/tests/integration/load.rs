@@ -23,7 +23,9 @@ use tracelink_nats::{JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, P
 
 use crate::jetstream::{assert_all_acked, setup};
 use crate::support;
-use tracelink_testkit::load::{assert_attempts, attribute, failing_first_attempts, Recorder};
+use tracelink_testkit::load::{
+    assert_attempts, attribute, failing_first_attempts, within, Recorder,
+};
 
 /// Messages per run (see docs/RELIABILITY.md for the time a debug build takes).
 const N: usize = 100_000;
@@ -36,11 +38,7 @@ fn message_id(span: &SpanData) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_every_message_succeeds_in_the_end_and_links_to_its_producer() {
-    let started = Instant::now();
-    tokio::time::timeout(DEADLINE, run())
-        .await
-        .unwrap_or_else(|_| panic!("load test did not finish within {DEADLINE:?}"));
-    eprintln!("jetstream load: {N} messages in {:?}", started.elapsed());
+    within(DEADLINE, &format!("jetstream load, {N} messages"), run()).await;
 }
 
 async fn run() {
@@ -149,11 +147,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// span of the attempt it served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_load_every_request_is_answered_in_the_end_and_parented_to_its_request() {
-    let started = Instant::now();
-    tokio::time::timeout(DEADLINE, run_core())
-        .await
-        .unwrap_or_else(|_| panic!("core load test did not finish within {DEADLINE:?}"));
-    eprintln!("core nats load: {N} requests in {:?}", started.elapsed());
+    within(
+        DEADLINE,
+        &format!("core nats load, {N} requests"),
+        run_core(),
+    )
+    .await;
 }
 
 async fn run_core() {

@@ -18,7 +18,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
@@ -30,7 +30,9 @@ use tracelink_sqs::{
 };
 
 use crate::support::*;
-use tracelink_testkit::load::{assert_attempts, attribute, failing_first_attempts, Recorder};
+use tracelink_testkit::load::{
+    assert_attempts, attribute, failing_first_attempts, within, Recorder,
+};
 
 /// Messages per run: moto's pace, not tracelink's, sets it (see docs/RELIABILITY.md).
 const N: usize = 10_000;
@@ -56,11 +58,7 @@ fn setting(name: &str, default: usize) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_every_message_succeeds_in_the_end_and_links_to_its_producer() {
     let n = setting("TRACELINK_SQS_LOAD_N", N);
-    let started = Instant::now();
-    tokio::time::timeout(DEADLINE, run(n))
-        .await
-        .unwrap_or_else(|_| panic!("load test did not finish within {DEADLINE:?}"));
-    eprintln!("sqs (moto) load: {n} messages in {:?}", started.elapsed());
+    within(DEADLINE, &format!("sqs (moto) load, {n} messages"), run(n)).await;
 }
 
 async fn run(n: usize) {
