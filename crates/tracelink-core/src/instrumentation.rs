@@ -953,6 +953,11 @@ impl Operation {
         &self.cx
     }
 
+    /// Adds an event to the operation's span.
+    pub(crate) fn event(&self, name: &'static str) {
+        self.cx.span().add_event(name, Vec::new());
+    }
+
     pub(crate) fn succeed(mut self, attributes: Vec<KeyValue>) {
         if !attributes.is_empty() {
             self.cx.span().set_attributes(attributes);

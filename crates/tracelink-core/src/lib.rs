@@ -119,6 +119,7 @@
 
 mod baggage_policy;
 pub mod carrier;
+mod consume;
 mod consumer;
 mod error_type;
 mod instrumentation;
@@ -130,8 +131,12 @@ pub mod propagation;
 mod span_name;
 
 pub use baggage_policy::BaggagePolicy;
+pub use consume::{
+    BatchConfig, ConsumeError, Consumer, OnFailure, Received, Settlement, Settler, Source,
+};
 pub use consumer::{
-    BatchConsumerLayer, BatchConsumerService, ConsumerFuture, ConsumerLayer, ConsumerService,
+    BatchConsumerFuture, BatchConsumerLayer, BatchConsumerService, ConsumerFuture, ConsumerLayer,
+    ConsumerService,
 };
 pub use error_type::{ClassifyError, DefaultErrorType, ErrorType, TypeNameErrorType, OTHER_ERROR};
 pub use instrumentation::{

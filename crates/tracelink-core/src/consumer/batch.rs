@@ -1,4 +1,8 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
+
+use pin_project_lite::pin_project;
 
 use opentelemetry::context::FutureExt;
 use opentelemetry::Context;
@@ -76,13 +80,29 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = ConsumerFuture<S::Future, C>;
+    type Future = BatchConsumerFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, messages: Vec<M>) -> Self::Future {
+        self.call_in_span(messages).1
+    }
+}
+
+impl<S, C> BatchConsumerService<S, C> {
+    /// Calls the handler inside the batch's `process` span; also returns the context holding
+    /// that span (the ambient context for an empty batch): the parent of settle spans.
+    pub(crate) fn call_in_span<M>(
+        &mut self,
+        messages: Vec<M>,
+    ) -> (Context, BatchConsumerFuture<S::Future, C>)
+    where
+        S: Service<Vec<M>>,
+        C: Clone,
+        M: IncomingMessage,
+    {
         let operation = self.instrumentation.start_batch_process(&messages);
         let cx = operation
             .as_ref()
@@ -92,6 +112,51 @@ where
             let _guard = cx.clone().attach();
             self.inner.call(messages)
         };
-        ConsumerFuture::new(inner.with_context(cx), operation, self.classify.clone())
+        let future = BatchConsumerFuture {
+            inner: ConsumerFuture::new(
+                inner.with_context(cx.clone()),
+                operation,
+                self.classify.clone(),
+            ),
+        };
+        (cx, future)
+    }
+}
+
+pin_project! {
+    /// The response future of [`BatchConsumerService`]: polls the handler inside the batch's
+    /// `process` span and ends the span when the handler resolves (status Error and
+    /// `error.type` on failure) or is dropped (`error.type` = `cancelled`).
+    pub struct BatchConsumerFuture<F, C> {
+        #[pin]
+        inner: ConsumerFuture<F, C>,
+    }
+}
+
+impl<F, C> BatchConsumerFuture<F, C> {
+    pub(crate) fn with_failure_event(self, name: Option<&'static str>) -> Self {
+        Self {
+            inner: self.inner.with_failure_event(name),
+        }
+    }
+}
+
+impl<F, C> std::fmt::Debug for BatchConsumerFuture<F, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchConsumerFuture")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<F, T, E, C> Future for BatchConsumerFuture<F, C>
+where
+    F: Future<Output = Result<T, E>>,
+    C: ClassifyError<E>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
     }
 }

@@ -18,6 +18,7 @@ pin_project! {
         inner: WithContext<F>,
         operation: Option<Operation>,
         classify: C,
+        failure_event: Option<&'static str>,
     }
 }
 
@@ -27,7 +28,15 @@ impl<F, C> ConsumerFuture<F, C> {
             inner,
             operation,
             classify,
+            failure_event: None,
         }
+    }
+
+    /// Adds an event of this name to the span when the handler fails (the consume driver
+    /// names what its failure policy does with the message).
+    pub(crate) fn with_failure_event(mut self, name: Option<&'static str>) -> Self {
+        self.failure_event = name;
+        self
     }
 }
 
@@ -52,7 +61,12 @@ where
         if let Some(operation) = this.operation.take() {
             match &result {
                 Ok(_) => operation.succeed(Vec::new()),
-                Err(err) => operation.fail(this.classify.classify(err)),
+                Err(err) => {
+                    if let Some(name) = this.failure_event {
+                        operation.event(name);
+                    }
+                    operation.fail(this.classify.classify(err))
+                }
             }
         }
         Poll::Ready(result)

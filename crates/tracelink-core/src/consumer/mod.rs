@@ -14,7 +14,7 @@ mod future;
 mod layer;
 mod service;
 
-pub use batch::{BatchConsumerLayer, BatchConsumerService};
+pub use batch::{BatchConsumerFuture, BatchConsumerLayer, BatchConsumerService};
 pub use future::ConsumerFuture;
 pub use layer::ConsumerLayer;
 pub use service::ConsumerService;

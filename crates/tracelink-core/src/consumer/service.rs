@@ -1,6 +1,7 @@
 use std::task::{Context as TaskContext, Poll};
 
 use opentelemetry::context::FutureExt;
+use opentelemetry::Context;
 use tower::Service;
 
 use crate::consumer::ConsumerFuture;
@@ -43,16 +44,30 @@ where
     }
 
     fn call(&mut self, message: M) -> Self::Future {
+        self.call_in_span(message).1
+    }
+}
+
+impl<S, C> ConsumerService<S, C> {
+    /// Calls the handler inside a new `process` span; also returns the context holding that
+    /// span (the parent of the message's settle span).
+    pub(crate) fn call_in_span<M>(&mut self, message: M) -> (Context, ConsumerFuture<S::Future, C>)
+    where
+        S: Service<M>,
+        C: Clone,
+        M: IncomingMessage,
+    {
         let operation = self.instrumentation.start_process(&message);
         let cx = operation.context().clone();
         let inner = {
             let _guard = cx.clone().attach();
             self.inner.call(message)
         };
-        ConsumerFuture::new(
-            inner.with_context(cx),
+        let future = ConsumerFuture::new(
+            inner.with_context(cx.clone()),
             Some(operation),
             self.classify.clone(),
-        )
+        );
+        (cx, future)
     }
 }

@@ -1,0 +1,645 @@
+//! The consumer every adapter's consumer type is: builder and per-message consume loop.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::pin::pin;
+use std::task::Poll;
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt as _;
+use opentelemetry::Context;
+use rustc_hash::FxHashMap;
+use tower::{Layer, Service};
+
+use crate::consume::error::ConsumeError;
+use crate::consume::policy::{OnFailure, Settlement};
+use crate::consume::settle::{release, settle, SettleFailure, SettleTarget};
+use crate::consume::source::{Received, Settler, Source};
+use crate::consumer::ConsumerService;
+use crate::error_type::{ClassifyError, DefaultErrorType, ErrorType};
+use crate::instrumentation::Instrumentation;
+use crate::message::IncomingMessage;
+
+/// How a batch consumer ([`Consumer::run_batches`]) fills a batch: up to `max_messages`, or what
+/// arrived within `max_wait` of its first message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most messages in one batch (at least 1).
+    pub max_messages: usize,
+    /// Longest wait for a batch to fill, from its first message.
+    pub max_wait: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            max_messages: 100,
+            max_wait: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A traced consumer over a broker client's [`Source`]: every adapter's consumer type
+/// (`KafkaConsumer`, `AmqpConsumer`, `NatsConsumer`, `JetStreamConsumer`, `SqsConsumer`) is
+/// this type, so they share their builder and their `run`.
+///
+/// [`run`](Consumer::run) receives messages, hands each to the handler inside a CONSUMER
+/// `process` span (the core's [`ConsumerLayer`](crate::ConsumerLayer), applied here), and
+/// settles each message only after its handler's outcome: success is acknowledged, a failure is
+/// settled per the [`OnFailure`] policy. [`run_batches`](Consumer::run_batches) does the same
+/// for batches, one `process` span with a link per message.
+///
+/// | builder | default | what it does |
+/// |---|---|---|
+/// | [`with_concurrency`](Consumer::with_concurrency) | 1 | handlers running at once (messages with the same ordering key, such as a Kafka partition, still run one after the other) |
+/// | [`on_failure`](Consumer::on_failure) | [`OnFailure::Redeliver`] | what a failed handler's message becomes |
+/// | [`with_settle_spans`](Consumer::with_settle_spans) | off | a CLIENT settle span per message (`ack`, `nack`, `delete`, `commit`, ...), child of its `process` span |
+/// | [`with_receive_spans`](Consumer::with_receive_spans) | on for pull consumers (SQS, JetStream), off for push consumers | a CLIENT `receive` span per receive that brought messages, with a link per message |
+/// | [`with_batch`](Consumer::with_batch) | 100 messages, 100 ms | how [`run_batches`](Consumer::run_batches) fills a batch |
+/// | [`with_error_type`](Consumer::with_error_type) | [`DefaultErrorType`] | how handler errors become `error.type` |
+///
+/// # Stopping
+///
+/// `run` returns `Ok` when `shutdown` completes or the source ends (a cancelled consumer, a
+/// closed subscription), and an error when receiving or settling fails, when the handler's
+/// `poll_ready` fails, or when a handler fails under [`OnFailure::Stop`]. Either way it first
+/// stops receiving, gives back the messages received but not yet handled, lets the handlers in
+/// flight finish and settles them. Nothing is acknowledged before its handler succeeded.
+pub struct Consumer<Src, C = DefaultErrorType> {
+    source: Src,
+    instrumentation: Instrumentation,
+    classify: C,
+    concurrency: usize,
+    on_failure: OnFailure,
+    settle_spans: bool,
+    receive_spans: Option<bool>,
+    batch: BatchConfig,
+}
+
+impl<Src: std::fmt::Debug, C> std::fmt::Debug for Consumer<Src, C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("source", &self.source)
+            .field("concurrency", &self.concurrency)
+            .field("on_failure", &self.on_failure)
+            .field("settle_spans", &self.settle_spans)
+            .field("receive_spans", &self.receive_spans)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<Src: Source> Consumer<Src> {
+    /// A consumer of `source` (an adapter's source, or what converts into one: a lapin
+    /// consumer, a NATS subscriber, ...), with spans and metrics per `instrumentation`.
+    pub fn new(source: impl Into<Src>, instrumentation: Instrumentation) -> Self {
+        Self {
+            source: source.into(),
+            instrumentation,
+            classify: DefaultErrorType,
+            concurrency: 1,
+            on_failure: OnFailure::default(),
+            settle_spans: false,
+            receive_spans: None,
+            batch: BatchConfig::default(),
+        }
+    }
+}
+
+impl<Src: Source, C> Consumer<Src, C> {
+    /// Runs up to `concurrency` handlers at once (at least 1; default 1, which keeps the
+    /// source's order).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// What happens to a message whose handler failed (default [`OnFailure::Redeliver`]).
+    pub fn on_failure(mut self, policy: OnFailure) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// Records a CLIENT settle span per settled message: `{operation} {destination}` with the
+    /// broker's verb, `messaging.operation.type` = `settle`, child of the message's `process`
+    /// span, `error.type` when settling failed.
+    pub fn with_settle_spans(mut self) -> Self {
+        self.settle_spans = true;
+        self
+    }
+
+    /// Records (or not) a CLIENT `receive` span per receive that brought messages, with one
+    /// link per message that carried a context. Default: on for pull consumers, off for push
+    /// consumers.
+    pub fn with_receive_spans(mut self, on: bool) -> Self {
+        self.receive_spans = Some(on);
+        self
+    }
+
+    /// How [`run_batches`](Consumer::run_batches) fills a batch.
+    pub fn with_batch(mut self, config: BatchConfig) -> Self {
+        self.batch = BatchConfig {
+            max_messages: config.max_messages.max(1),
+            max_wait: config.max_wait,
+        };
+        self
+    }
+
+    /// Classifies handler errors as `error.type` with `classify` (see
+    /// [`ConsumerLayer::with_error_type`](crate::ConsumerLayer::with_error_type)).
+    pub fn with_error_type<C2>(self, classify: C2) -> Consumer<Src, C2> {
+        Consumer {
+            source: self.source,
+            instrumentation: self.instrumentation,
+            classify,
+            concurrency: self.concurrency,
+            on_failure: self.on_failure,
+            settle_spans: self.settle_spans,
+            receive_spans: self.receive_spans,
+            batch: self.batch,
+        }
+    }
+
+    /// The source (to reach the client: subscribe a Kafka consumer, read a queue URL).
+    pub fn source(&self) -> &Src {
+        &self.source
+    }
+
+    /// The source, mutably.
+    pub fn source_mut(&mut self) -> &mut Src {
+        &mut self.source
+    }
+
+    /// The instrumentation spans and metrics come from.
+    pub fn instrumentation(&self) -> &Instrumentation {
+        &self.instrumentation
+    }
+
+    /// Consumes until `shutdown` completes, the source ends, or a failure stops it (see
+    /// [`Consumer`]): each message goes to `handler` inside its own `process` span and is settled
+    /// after the handler's outcome.
+    pub async fn run<S, F>(self, handler: S, shutdown: F) -> Result<(), ConsumeError<S::Error>>
+    where
+        S: Service<Src::Message>,
+        C: ClassifyError<S::Error> + Clone,
+        F: Future,
+    {
+        let Consumer {
+            source,
+            instrumentation,
+            classify,
+            concurrency,
+            on_failure,
+            settle_spans,
+            receive_spans,
+            batch: _,
+        } = self;
+        let receive_spans = receive_spans.unwrap_or_else(|| source.receive_spans_by_default());
+        let settler = source.settler();
+        let failure_event = failure_event(on_failure);
+        let mut service = ConsumerService {
+            inner: handler,
+            instrumentation: instrumentation.clone(),
+            classify,
+        };
+        let mut shutdown = pin!(shutdown);
+        let mut receiving = pin!(None);
+        let mut idle = Some(source);
+        // Received, waiting for the handler to become ready.
+        let mut ready: VecDeque<(Src::Message, Option<u64>)> = VecDeque::new();
+        // Ordering keys with a message in flight, each with the messages received behind it.
+        let mut running: FxHashMap<u64, VecDeque<Src::Message>> = FxHashMap::default();
+        let mut in_flight = FuturesUnordered::new();
+        let mut settling = FuturesUnordered::new();
+        let mut releasing = FuturesUnordered::new();
+        // Messages received and not yet settled or released: what the concurrency bounds.
+        let mut outstanding = 0usize;
+        let mut stopping = false;
+        let mut outcome: Result<(), ConsumeError<S::Error>> = Ok(());
+
+        loop {
+            let event = poll_fn(|cx| loop {
+                if let Poll::Ready(Some(result)) = settling.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Settled(result));
+                }
+                if let Poll::Ready(Some(result)) = releasing.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Settled(result));
+                }
+                if let Poll::Ready(Some(handled)) = in_flight.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Handled(handled));
+                }
+                if stopping {
+                    if in_flight.is_empty() && settling.is_empty() && releasing.is_empty() {
+                        return Poll::Ready(Event::Done);
+                    }
+                    return Poll::Pending;
+                }
+                if shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Stop);
+                }
+                let mut dispatched = false;
+                while !ready.is_empty() {
+                    match service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {}
+                        Poll::Ready(Err(error)) => return Poll::Ready(Event::NotReady(error)),
+                        Poll::Pending => break,
+                    }
+                    let Some((message, key)) = ready.pop_front() else {
+                        break;
+                    };
+                    let receipt = settler.receipt(&message);
+                    let target = settle_spans.then(|| SettleTarget::of(&message));
+                    let (process_cx, handled) = service.call_in_span(message);
+                    let handled = handled.with_failure_event(failure_event);
+                    let process_cx = settle_spans.then_some(process_cx);
+                    in_flight.push(tagged(handled, receipt, key, target, process_cx));
+                    dispatched = true;
+                }
+                if dispatched {
+                    // Poll the new handler futures once, so they register their wakers.
+                    continue;
+                }
+                if receiving.is_none() && outstanding < concurrency {
+                    if let Some(source) = idle.take() {
+                        let max = concurrency - outstanding;
+                        receiving.set(Some(async move {
+                            let started = SystemTime::now();
+                            let (source, result) = source.receive(max).await;
+                            (source, result, started)
+                        }));
+                    }
+                }
+                if let Some(receive) = receiving.as_mut().as_pin_mut() {
+                    if let Poll::Ready((source, result, started)) = receive.poll(cx) {
+                        receiving.set(None);
+                        return Poll::Ready(Event::Received(source, result, started));
+                    }
+                }
+                return Poll::Pending;
+            })
+            .await;
+
+            match event {
+                Event::Received(source, result, started) => {
+                    let (one, many) = match result {
+                        Ok(Received::One(message)) => (Some(message), Vec::new()),
+                        Ok(Received::Batch(messages)) => (None, messages),
+                        Ok(Received::Closed) => {
+                            stopping = true;
+                            (None, Vec::new())
+                        }
+                        Err(error) => {
+                            if receive_spans {
+                                instrumentation.receive_failed(
+                                    source.destination().unwrap_or_default(),
+                                    started,
+                                    error.error_type(),
+                                );
+                            }
+                            stopping = true;
+                            keep_first(&mut outcome, ConsumeError::receive(error));
+                            (None, Vec::new())
+                        }
+                    };
+                    let received = match &one {
+                        Some(message) => std::slice::from_ref(message),
+                        None => many.as_slice(),
+                    };
+                    if receive_spans && !received.is_empty() {
+                        let destination = source
+                            .destination()
+                            .unwrap_or_else(|| received[0].destination());
+                        if let Some(span) =
+                            instrumentation.receive_span(destination, started, received)
+                        {
+                            span.end();
+                        }
+                    }
+                    for message in one.into_iter().chain(many) {
+                        outstanding += 1;
+                        match source.ordering_key(&message) {
+                            Some(key) => match running.get_mut(&key) {
+                                Some(behind) => behind.push_back(message),
+                                None => {
+                                    running.insert(key, VecDeque::new());
+                                    ready.push_back((message, Some(key)));
+                                }
+                            },
+                            None => ready.push_back((message, None)),
+                        }
+                    }
+                    idle = Some(source);
+                }
+                Event::Handled(handled) => {
+                    let Handled {
+                        result,
+                        receipt,
+                        key,
+                        target,
+                        process_cx,
+                    } = handled;
+                    let settlement = match result {
+                        Ok(()) => Settlement::Ack,
+                        Err(error) => {
+                            if on_failure == OnFailure::Stop {
+                                stopping = true;
+                                keep_first(&mut outcome, ConsumeError::Handler(error));
+                            }
+                            on_failure.settlement()
+                        }
+                    };
+                    settling.push(settle(
+                        &settler,
+                        &instrumentation,
+                        receipt,
+                        settlement,
+                        target,
+                        process_cx,
+                    ));
+                    outstanding -= 1;
+                    if let Some(key) = key {
+                        if matches!(settlement, Settlement::Redeliver { .. }) {
+                            // The broker redelivers an ordered message before what came after
+                            // it (a Kafka partition rewinds, an SQS FIFO group holds): give
+                            // back, unhandled, what was received behind it.
+                            if let Some(behind) = running.remove(&key) {
+                                if !behind.is_empty() {
+                                    outstanding -= behind.len();
+                                    releasing.push(release(&settler, behind.into()));
+                                }
+                            }
+                        } else {
+                            match running.get_mut(&key).and_then(VecDeque::pop_front) {
+                                Some(next) => ready.push_back((next, Some(key))),
+                                None => {
+                                    running.remove(&key);
+                                }
+                            }
+                        }
+                    }
+                }
+                Event::Settled(Ok(())) => {}
+                Event::Settled(Err(failure)) => {
+                    stopping = true;
+                    keep_first(&mut outcome, failure.into_consume_error());
+                }
+                Event::NotReady(error) => {
+                    stopping = true;
+                    keep_first(&mut outcome, ConsumeError::NotReady(error));
+                }
+                Event::Stop => stopping = true,
+                Event::Done => break,
+            }
+
+            if stopping {
+                // Stop receiving: a receive in progress is dropped (see `Source`).
+                receiving.set(None);
+                let mut unhandled: Vec<_> = ready.drain(..).map(|(message, _)| message).collect();
+                for (_, behind) in running.iter_mut() {
+                    unhandled.extend(behind.drain(..));
+                }
+                if !unhandled.is_empty() {
+                    outstanding -= unhandled.len();
+                    releasing.push(release(&settler, unhandled));
+                }
+            }
+        }
+        if let Err(error) = settler.close().await {
+            keep_first(
+                &mut outcome,
+                SettleFailure::close(error).into_consume_error(),
+            );
+        }
+        outcome
+    }
+
+    /// Consumes in batches until `shutdown` completes, the source ends, or a failure stops it:
+    /// batches are filled per [`with_batch`](Consumer::with_batch), handed to `handler` one at a
+    /// time inside one CONSUMER `process` span with a link per message (the core's
+    /// [`BatchConsumerLayer`](crate::BatchConsumerLayer), applied here), and every message of a
+    /// batch is settled after the handler's outcome (all acknowledged, or all settled per the
+    /// [`OnFailure`] policy).
+    ///
+    /// A batch still filling when `shutdown` completes is given back unhandled.
+    pub async fn run_batches<S, F>(
+        self,
+        handler: S,
+        shutdown: F,
+    ) -> Result<(), ConsumeError<S::Error>>
+    where
+        S: Service<Vec<Src::Message>>,
+        C: ClassifyError<S::Error> + Clone,
+        F: Future,
+    {
+        let Consumer {
+            source,
+            instrumentation,
+            classify,
+            concurrency: _,
+            on_failure,
+            settle_spans,
+            receive_spans,
+            batch: config,
+        } = self;
+        let receive_spans = receive_spans.unwrap_or_else(|| source.receive_spans_by_default());
+        let settler = source.settler();
+        let failure_event = failure_event(on_failure);
+        let mut service = crate::BatchConsumerLayer::from(instrumentation.clone())
+            .with_error_type(classify)
+            .layer(handler);
+        let mut shutdown = pin!(shutdown);
+        let mut receiving = pin!(None);
+        let mut idle = Some(source);
+        let mut outcome: Result<(), ConsumeError<S::Error>> = Ok(());
+        let mut batch: Vec<Src::Message> = Vec::with_capacity(config.max_messages);
+        let mut stopping = false;
+
+        while !stopping {
+            // Fill a batch.
+            let mut deadline: Option<tokio::time::Instant> = None;
+            while batch.len() < config.max_messages && !stopping {
+                if receiving.is_none() {
+                    if let Some(source) = idle.take() {
+                        let max = config.max_messages - batch.len();
+                        receiving.set(Some(async move {
+                            let started = SystemTime::now();
+                            let (source, result) = source.receive(max).await;
+                            (source, result, started)
+                        }));
+                    }
+                }
+                let until = deadline;
+                let mut sleep = pin!(async move {
+                    match until {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                });
+                let event = poll_fn(|cx| {
+                    if shutdown.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(None));
+                    }
+                    match receiving.as_mut().as_pin_mut() {
+                        Some(receive) => receive.poll(cx).map(|done| Some(Some(done))),
+                        None => Poll::Pending,
+                    }
+                })
+                .await;
+                match event {
+                    // Shutdown: the partial batch is given back below.
+                    None => stopping = true,
+                    // The batch waited long enough: handle what it has.
+                    Some(None) => break,
+                    Some(Some((source, result, started))) => {
+                        receiving.set(None);
+                        let first = batch.len();
+                        match result {
+                            Ok(Received::One(message)) => batch.push(message),
+                            Ok(Received::Batch(messages)) => batch.extend(messages),
+                            Ok(Received::Closed) => stopping = true,
+                            Err(error) => {
+                                if receive_spans {
+                                    instrumentation.receive_failed(
+                                        source.destination().unwrap_or_default(),
+                                        started,
+                                        error.error_type(),
+                                    );
+                                }
+                                stopping = true;
+                                keep_first(&mut outcome, ConsumeError::receive(error));
+                            }
+                        }
+                        let received = &batch[first..];
+                        if receive_spans && !received.is_empty() {
+                            let destination = source
+                                .destination()
+                                .unwrap_or_else(|| received[0].destination());
+                            if let Some(span) =
+                                instrumentation.receive_span(destination, started, received)
+                            {
+                                span.end();
+                            }
+                        }
+                        if deadline.is_none() && !batch.is_empty() {
+                            deadline = Some(tokio::time::Instant::now() + config.max_wait);
+                        }
+                        idle = Some(source);
+                    }
+                }
+            }
+            receiving.set(None);
+            if batch.is_empty() {
+                continue;
+            }
+            let messages = std::mem::replace(&mut batch, Vec::with_capacity(config.max_messages));
+            if stopping {
+                // Shutdown, a closed source or a failed receive while filling: the partial
+                // batch goes back unhandled.
+                if let Err(failure) = release(&settler, messages).await {
+                    keep_first(&mut outcome, failure.into_consume_error());
+                }
+                break;
+            }
+            let receipts: Vec<_> = messages.iter().map(|m| settler.receipt(m)).collect();
+            let targets: Vec<_> = match settle_spans {
+                true => messages.iter().map(|m| Some(SettleTarget::of(m))).collect(),
+                false => Vec::new(),
+            };
+            if let Err(error) = poll_fn(|cx| service.poll_ready(cx)).await {
+                keep_first(&mut outcome, ConsumeError::NotReady(error));
+                if let Err(failure) = release(&settler, messages).await {
+                    keep_first(&mut outcome, failure.into_consume_error());
+                }
+                break;
+            }
+            let (process_cx, handled) = service.call_in_span(messages);
+            let settlement = match handled.with_failure_event(failure_event).await {
+                Ok(_) => Settlement::Ack,
+                Err(error) => {
+                    if on_failure == OnFailure::Stop {
+                        stopping = true;
+                        keep_first(&mut outcome, ConsumeError::Handler(error));
+                    }
+                    on_failure.settlement()
+                }
+            };
+            let settled = crate::consume::settle::settle_batch(
+                &settler,
+                &instrumentation,
+                receipts,
+                settlement,
+                targets,
+                settle_spans.then_some(process_cx),
+            )
+            .await;
+            if let Err(failure) = settled {
+                stopping = true;
+                keep_first(&mut outcome, failure.into_consume_error());
+            }
+        }
+        if let Err(error) = settler.close().await {
+            keep_first(
+                &mut outcome,
+                SettleFailure::close(error).into_consume_error(),
+            );
+        }
+        outcome
+    }
+}
+
+/// A handler's outcome with what its message's settlement needs.
+struct Handled<R, E> {
+    result: Result<(), E>,
+    receipt: R,
+    key: Option<u64>,
+    target: Option<SettleTarget>,
+    process_cx: Option<Context>,
+}
+
+enum Event<Src: Source, E, H> {
+    Received(Src, Result<Received<Src::Message>, Src::Error>, SystemTime),
+    Handled(H),
+    Settled(Result<(), SettleFailure>),
+    NotReady(E),
+    Stop,
+    Done,
+}
+
+/// One future type for every handler call of a consumer, carrying its message's receipt.
+fn tagged<F, T, E, R>(
+    handled: F,
+    receipt: R,
+    key: Option<u64>,
+    target: Option<SettleTarget>,
+    process_cx: Option<Context>,
+) -> impl Future<Output = Handled<R, E>>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    handled.map(move |result| Handled {
+        result: result.map(drop),
+        receipt,
+        key,
+        target,
+        process_cx,
+    })
+}
+
+fn keep_first<E>(outcome: &mut Result<(), E>, error: E) {
+    if outcome.is_ok() {
+        *outcome = Err(error);
+    }
+}
+
+/// The event a failed handler's `process` span gets under `policy`. Only a policy that drops
+/// the message says so: the others are visible in the settle span, if any, and in redelivery.
+fn failure_event(policy: OnFailure) -> Option<&'static str> {
+    match policy {
+        OnFailure::Reject => Some("message rejected"),
+        _ => None,
+    }
+}
