@@ -53,6 +53,7 @@ impl Default for BatchConfig {
 /// | builder | default | what it does |
 /// |---|---|---|
 /// | [`with_concurrency`](Consumer::with_concurrency) | 1 | handlers running at once (messages with the same ordering key, such as a Kafka partition, still run one after the other) |
+/// | [`with_prefetch`](Consumer::with_prefetch) | the source's: 1 for push consumers, a fetch for pull consumers | messages received ahead of the handlers |
 /// | [`on_failure`](Consumer::on_failure) | [`OnFailure::Redeliver`] | what a failed handler's message becomes |
 /// | [`with_settle_spans`](Consumer::with_settle_spans) | off | a CLIENT settle span per message (`ack`, `nack`, `delete`, `commit`, ...), child of its `process` span |
 /// | [`with_receive_spans`](Consumer::with_receive_spans) | on for pull consumers (SQS, JetStream), off for push consumers | a CLIENT `receive` span per receive that brought messages, with a link per message |
@@ -71,6 +72,7 @@ pub struct Consumer<Src, C = DefaultErrorType> {
     instrumentation: Instrumentation,
     classify: C,
     concurrency: usize,
+    prefetch: Option<usize>,
     on_failure: OnFailure,
     settle_spans: bool,
     receive_spans: Option<bool>,
@@ -82,6 +84,7 @@ impl<Src: std::fmt::Debug, C> std::fmt::Debug for Consumer<Src, C> {
         f.debug_struct("Consumer")
             .field("source", &self.source)
             .field("concurrency", &self.concurrency)
+            .field("prefetch", &self.prefetch)
             .field("on_failure", &self.on_failure)
             .field("settle_spans", &self.settle_spans)
             .field("receive_spans", &self.receive_spans)
@@ -99,6 +102,7 @@ impl<Src: Source> Consumer<Src> {
             instrumentation,
             classify: DefaultErrorType,
             concurrency: 1,
+            prefetch: None,
             on_failure: OnFailure::default(),
             settle_spans: false,
             receive_spans: None,
@@ -112,6 +116,14 @@ impl<Src: Source, C> Consumer<Src, C> {
     /// source's order).
     pub fn with_concurrency(mut self, concurrency: usize) -> Self {
         self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Receives up to `prefetch` messages ahead of the handlers: messages received and not yet
+    /// settled never exceed it (nor the concurrency, whichever is larger). Default: the source's
+    /// (1 for push consumers, whose broker buffers; a fetch for pull consumers, 10 on SQS).
+    pub fn with_prefetch(mut self, prefetch: usize) -> Self {
+        self.prefetch = Some(prefetch.max(1));
         self
     }
 
@@ -154,6 +166,7 @@ impl<Src: Source, C> Consumer<Src, C> {
             instrumentation: self.instrumentation,
             classify,
             concurrency: self.concurrency,
+            prefetch: self.prefetch,
             on_failure: self.on_failure,
             settle_spans: self.settle_spans,
             receive_spans: self.receive_spans,
@@ -190,12 +203,16 @@ impl<Src: Source, C> Consumer<Src, C> {
             instrumentation,
             classify,
             concurrency,
+            prefetch,
             on_failure,
             settle_spans,
             receive_spans,
             batch: _,
         } = self;
         let receive_spans = receive_spans.unwrap_or_else(|| source.receive_spans_by_default());
+        let prefetch = prefetch
+            .unwrap_or_else(|| source.default_prefetch())
+            .max(concurrency);
         let settler = source.settler();
         let failure_event = failure_event(on_failure);
         let mut service = ConsumerService {
@@ -239,7 +256,7 @@ impl<Src: Source, C> Consumer<Src, C> {
                     return Poll::Ready(Event::Stop);
                 }
                 let mut dispatched = false;
-                while !ready.is_empty() {
+                while !ready.is_empty() && in_flight.len() < concurrency {
                     match service.poll_ready(cx) {
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(error)) => return Poll::Ready(Event::NotReady(error)),
@@ -260,9 +277,9 @@ impl<Src: Source, C> Consumer<Src, C> {
                     // Poll the new handler futures once, so they register their wakers.
                     continue;
                 }
-                if receiving.is_none() && outstanding < concurrency {
+                if receiving.is_none() && outstanding < prefetch {
                     if let Some(source) = idle.take() {
-                        let max = concurrency - outstanding;
+                        let max = prefetch - outstanding;
                         receiving.set(Some(async move {
                             let started = SystemTime::now();
                             let (source, result) = source.receive(max).await;
@@ -437,6 +454,7 @@ impl<Src: Source, C> Consumer<Src, C> {
             instrumentation,
             classify,
             concurrency: _,
+            prefetch: _,
             on_failure,
             settle_spans,
             receive_spans,

@@ -60,6 +60,14 @@ pub trait Source: Sized + Send + 'static {
         None
     }
 
+    /// How many messages the consumer receives ahead of its handlers unless the builder says
+    /// otherwise ([`Consumer::with_prefetch`](crate::Consumer::with_prefetch)): 1 (the default)
+    /// for push consumers, whose broker already buffers; a fetch's worth for pull consumers, so
+    /// one receive call brings several messages.
+    fn default_prefetch(&self) -> usize {
+        1
+    }
+
     /// Whether receive spans are recorded unless the builder says otherwise: `true` for pull
     /// consumers, whose receive is an operation of its own; `false` (the default) for push
     /// consumers.
