@@ -97,8 +97,10 @@ impl<Src: Source> Consumer<Src> {
     /// A consumer of `source` (an adapter's source, or what converts into one: a lapin
     /// consumer, a NATS subscriber, ...), with spans and metrics per `instrumentation`.
     pub fn new(source: impl Into<Src>, instrumentation: Instrumentation) -> Self {
+        let mut source = source.into();
+        source.bind(&instrumentation);
         Self {
-            source: source.into(),
+            source,
             instrumentation,
             classify: DefaultErrorType,
             concurrency: 1,

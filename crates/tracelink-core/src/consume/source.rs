@@ -5,6 +5,7 @@ use std::future::Future;
 
 use crate::consume::policy::Settlement;
 use crate::error_type::ErrorType;
+use crate::instrumentation::Instrumentation;
 use crate::message::{Destination, IncomingMessage};
 
 /// What one [`Source::receive`] brought.
@@ -38,6 +39,14 @@ pub trait Source: Sized + Send + 'static {
 
     /// The settler for this source's messages (called once, before the first receive).
     fn settler(&self) -> Self::Settler;
+
+    /// Called once, by [`Consumer::new`](crate::Consumer::new), with the consumer's
+    /// instrumentation: a source that needs the propagator to receive (SQS asks for the
+    /// propagator's fields as message attributes and re-encodes an `AWSTraceHeader` context in
+    /// the propagator's format) keeps what it needs. The default does nothing.
+    fn bind(&mut self, instrumentation: &Instrumentation) {
+        let _ = instrumentation;
+    }
 
     /// Receives at most `max` messages (at least 1). Waits for at least one message, or, for
     /// pull consumers, until the poll expired (then an empty [`Received::Batch`]).
