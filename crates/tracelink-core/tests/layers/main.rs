@@ -12,7 +12,7 @@ use opentelemetry::baggage::BaggageExt;
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceContextExt, Tracer, TracerProvider};
 use opentelemetry::{Context, KeyValue};
 use support::*;
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tracelink_core::{
     BaggagePolicy, BatchConsumerLayer, BatchProducerLayer, ConsumerLayer, Destination,
     Instrumentation, LinkMode, ProducerLayer, SpanName, TypeNameErrorType,
@@ -254,6 +254,114 @@ async fn ambient_span_in_each_mode() {
                 );
             }
         }
+        // The conventions: when the producer is the parent, the ambient span it displaces is
+        // added as a link. In link mode the ambient span is the parent, so no second link.
+        let links = &process.links.links;
+        match mode {
+            LinkMode::Link => assert_eq!(links.len(), 1),
+            LinkMode::Parent => {
+                assert_eq!(links.len(), 2);
+                assert_same(&links[1].span_context, &request.span_context);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn parent_mode_without_ambient_span_links_the_producer_only() {
+    let t = Telemetry::new();
+    let instr = t.builder().with_link_mode(LinkMode::Parent).build();
+    let msg = publish(&instr, Msg::new("orders")).await;
+    consume(&instr, msg).await;
+    let process = t.span("process orders");
+    assert_eq!(process.links.links.len(), 1);
+    assert_same(
+        &process.links.links[0].span_context,
+        &t.span("send orders").span_context,
+    );
+}
+
+/// A future that never completes, to be dropped.
+async fn never<T>() -> T {
+    std::future::pending().await
+}
+
+#[tokio::test]
+async fn every_span_ends_as_cancelled_when_its_future_or_guard_is_dropped() {
+    let t = Telemetry::new();
+    let instr = t.instrumentation();
+
+    // Producer.
+    let mut producer = ProducerLayer::from(instr.clone()).layer(service_fn(|_msg: Msg| {
+        never::<Result<Ack, std::io::Error>>()
+    }));
+    drop(producer.ready().await.unwrap().call(Msg::new("single")));
+
+    // Batch producer: the `send` span and each `create` span.
+    let mut batch_producer =
+        BatchProducerLayer::from(instr.clone()).layer(service_fn(|_msgs: Vec<Msg>| {
+            never::<Result<Vec<Result<Ack, std::io::Error>>, std::io::Error>>()
+        }));
+    drop(
+        batch_producer
+            .ready()
+            .await
+            .unwrap()
+            .call(vec![Msg::new("batch"), Msg::new("batch")]),
+    );
+
+    // Batch consumer.
+    let mut batch_consumer =
+        BatchConsumerLayer::from(instr.clone()).layer(service_fn(|_msgs: Vec<Msg>| {
+            never::<Result<(), Infallible>>()
+        }));
+    drop(
+        batch_consumer
+            .ready()
+            .await
+            .unwrap()
+            .call(vec![Msg::new("consumed"), Msg::new("consumed")]),
+    );
+
+    // Receive and settle spans held by a consumer that is dropped mid-way.
+    let receive = instr
+        .receive_span(
+            Destination::new("pulled"),
+            std::time::SystemTime::now(),
+            &[Msg::new("pulled")],
+        )
+        .unwrap();
+    drop(receive);
+    drop(instr.settle_span(
+        "ack",
+        Destination::new("settled"),
+        &Context::new(),
+        Vec::new(),
+    ));
+
+    for name in [
+        "send single",
+        "send batch",
+        "process consumed",
+        "receive pulled",
+        "ack settled",
+    ] {
+        let span = t.span(name);
+        assert_eq!(span.status, Status::error("cancelled"), "{name}");
+        assert!(
+            span.attributes
+                .contains(&KeyValue::new("error.type", "cancelled")),
+            "{name}"
+        );
+    }
+    let creates: Vec<_> = t
+        .finished()
+        .into_iter()
+        .filter(|s| s.name == "create batch")
+        .collect();
+    assert_eq!(creates.len(), 2);
+    for create in creates {
+        assert_eq!(create.status, Status::error("cancelled"));
     }
 }
 
