@@ -19,8 +19,9 @@
 
 pub use tracelink_core as core;
 pub use tracelink_core::{
-    BaggagePolicy, BatchConsumerLayer, BatchProducerLayer, ConsumerLayer, Destination,
-    Instrumentation, LinkMode, MessagingSystem, ProducerLayer, SpanName,
+    BaggagePolicy, BatchConfig, BatchConsumerLayer, BatchProducerLayer, ConsumeError, Consumer,
+    ConsumerLayer, Destination, Instrumentation, LinkMode, MessagingSystem, OnFailure,
+    ProducerLayer, SpanName,
 };
 
 /// The NATS adapter (async-nats: core publish/subscribe, request/reply, JetStream).

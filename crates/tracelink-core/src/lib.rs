@@ -11,8 +11,12 @@
 //!
 //! The core knows no broker: adapter crates (`tracelink-kafka`, `tracelink-amqp`,
 //! `tracelink-nats`, `tracelink-sqs`) implement [`OutgoingMessage`], [`IncomingMessage`] and
-//! [`PublishResponse`] for their client's types and provide carriers following the rules in
-//! [`carrier`].
+//! [`PublishResponse`] for their client's types, provide carriers following the rules in
+//! [`carrier`], and implement [`Source`] and [`Settler`] for their client's receive and settle
+//! calls. The consume lifecycle is the core's [`Consumer`]: every adapter's consumer type
+//! (`KafkaConsumer`, `AmqpConsumer`, `NatsConsumer`, `JetStreamConsumer`, `SqsConsumer`) is a
+//! `Consumer` over its source, with the same builder, the same `run(handler, shutdown)`, the same
+//! [`OnFailure`] policy, the same [`ConsumeError`] and the same spans.
 //!
 //! # Quick start
 //!
@@ -85,8 +89,13 @@
 //!   (`with_error_type` on each layer).
 //!
 //! Batches: [`BatchProducerLayer`] (one `send` span, one `create` context per message) and
-//! [`BatchConsumerLayer`] (one `process` span, one link per message). Pull consumers: a CLIENT
-//! `receive` span from [`Instrumentation::receive_span`].
+//! [`BatchConsumerLayer`] (one `process` span, one link per message).
+//!
+//! Consumers ([`Consumer`]): concurrency and prefetch, the [`OnFailure`] policy, CLIENT settle
+//! spans (`ack`, `nack`, `delete`, `commit`, ... children of the `process` span), CLIENT
+//! `receive` spans (on by default for pull consumers), batches ([`BatchConfig`]), and a graceful
+//! shutdown that finishes and settles the messages in flight. The consumer applies the
+//! [`ConsumerLayer`] itself: a handler is a plain `Service` over the broker's delivery type.
 //!
 //! # Metrics
 //!
