@@ -17,7 +17,7 @@ const STRING: &str = "String";
 
 /// Injects into SQS message attributes as `String` attributes.
 ///
-/// It does not enforce SQS's 10-attribute limit: the [`SqsSender`](crate::SqsSender) decides
+/// It does not enforce SQS's 10-attribute limit: the [`SqsPublisher`](crate::SqsPublisher) decides
 /// what fits before it builds the request.
 #[derive(Debug)]
 pub struct AttributeInjector<'a>(pub &'a mut HashMap<String, MessageAttributeValue>);

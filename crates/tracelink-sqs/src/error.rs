@@ -30,6 +30,16 @@ pub enum SqsError {
         #[source]
         source: Box<dyn StdError + Send + Sync>,
     },
+    /// SQS refused one entry of a batch call (`DeleteMessageBatch`,
+    /// `ChangeMessageVisibilityBatch`); the other entries may have succeeded.
+    #[error("SQS {operation} refused an entry: {}", source.code)]
+    Entry {
+        /// The SQS operation.
+        operation: &'static str,
+        /// The refused entry; its code is the `error.type`.
+        #[source]
+        source: EntryError,
+    },
     /// A `SendMessageBatch` needs 1 to 10 messages.
     #[error("a batch holds 1 to 10 messages, not {0}")]
     BatchSize(usize),
@@ -66,6 +76,7 @@ impl SqsError {
     pub fn code(&self) -> &str {
         match self {
             SqsError::Sdk { code, .. } => code,
+            SqsError::Entry { source, .. } => &source.code,
             SqsError::BatchSize(_) => "batch_size",
             SqsError::MixedQueues => "mixed_queues",
         }
@@ -76,6 +87,7 @@ impl ErrorType for SqsError {
     fn error_type(&self) -> Cow<'static, str> {
         match self {
             SqsError::Sdk { code, .. } => code.clone(),
+            SqsError::Entry { source, .. } => Cow::Owned(source.code.clone()),
             SqsError::BatchSize(_) => Cow::Borrowed("batch_size"),
             SqsError::MixedQueues => Cow::Borrowed("mixed_queues"),
         }

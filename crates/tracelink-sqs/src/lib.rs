@@ -7,25 +7,41 @@
 //!   Tracing never makes a send fail: when the message's own attributes leave no room for the
 //!   propagator's fields, the context goes into the `AWSTraceHeader` system attribute (X-Ray
 //!   format) or is skipped with a warning ([`OverflowPolicy`]); either way the producer span gets
-//!   an event and the `tracelink.sqs.context.overflow` counter counts the message. `AWSTraceHeader` can also be chosen outright
-//!   ([`TraceCarrier`]).
-//! * **Traced sends**: [`SqsSender`] is a tower service for `SendMessage` ([`SendRequest`]),
-//!   [`SqsBatchSender`] for `SendMessageBatch` (`Vec<SendRequest>`); [`SqsSender::traced`] and
-//!   [`SqsSender::traced_batch`] wrap it in the core's producer layers. Spans `send {queue}`
-//!   (and a `create {queue}` per batch entry, each entry with its own context; refused entries
-//!   fail their span with the SQS error code) with `messaging.system` = `aws_sqs`,
-//!   `messaging.destination.name`, `aws.sqs.queue.url`, `messaging.message.id`,
-//!   `aws.request_id`, `server.address` and `error.type`.
-//! * **The receive loop**: [`SqsConsumer`] long-polls `ReceiveMessage`, always asking for the
-//!   propagator's attributes and `AWSTraceHeader` on top of what you asked for (your `All`
-//!   stays `All`), records a CLIENT `receive {queue}` span per non-empty receive with a link
-//!   per message, runs your handler in a CONSUMER `process {queue}` span linked to the message's
-//!   creation context, deletes the message only after the handler succeeded and otherwise lets
-//!   SQS redeliver it ([`OnFailure`]), so a redrive policy dead-letters it as usual. The context
-//!   is read from the message attributes, else from the envelope of an SNS notification (SNS
-//!   subscription without raw delivery), else from `AWSTraceHeader` ([`ContextSource`]). The
-//!   messages of one receive are handled concurrently, those of a FIFO queue in order (after a
-//!   failure the rest of that receive waits for redelivery).
+//!   an event and the `tracelink.sqs.context.overflow` counter (on the instrumentation's meter)
+//!   counts the message. `AWSTraceHeader` can also be chosen outright ([`TraceCarrier`]).
+//! * **Publishing**: [`SqsPublisher`] is a tower service for `SendMessage` ([`SendRequest`]),
+//!   [`SqsBatchPublisher`] for `SendMessageBatch` (`Vec<SendRequest>`);
+//!   [`SqsPublisher::traced`] and [`SqsPublisher::traced_batch`] wrap them in the core's
+//!   producer layers. Spans `send {queue}` (and a `create {queue}` per batch entry, each entry
+//!   with its own context; refused entries fail their span with the SQS error code) with
+//!   `messaging.system` = `aws_sqs`, `messaging.destination.name`, `aws.sqs.queue.url`,
+//!   `messaging.message.id`, `aws.request_id`, `server.address` and `error.type`.
+//! * **Consuming**: [`SqsConsumer`] is the core's [`Consumer`](tracelink_core::Consumer) over
+//!   an [`SqsSource`]: long-polled `ReceiveMessage` calls that always ask for the propagator's
+//!   attributes and `AWSTraceHeader` on top of what you asked for (your `All` stays `All`), a
+//!   CLIENT `receive {queue}` span per non-empty receive with a link per message, your handler
+//!   in a CONSUMER `process {queue}` span linked to the message's creation context, and the
+//!   message settled by the [`SqsSettler`] only after the handler's outcome. The context is
+//!   read from the message attributes, else from the envelope of an SNS notification (SNS
+//!   subscription without raw delivery), else from `AWSTraceHeader` ([`ContextSource`]).
+//!   Messages of a FIFO queue's message group are handled one after the other.
+//!
+//! # Failure policy
+//!
+//! What the core's [`OnFailure`](tracelink_core::OnFailure) does on SQS (settle spans, with
+//! [`with_settle_spans`](tracelink_core::Consumer::with_settle_spans), are named after the call):
+//!
+//! | policy | SQS |
+//! |---|---|
+//! | `Redeliver` (default) | no call: the message is left for its visibility timeout, then delivered again (a redrive policy dead-letters it after `maxReceiveCount` receives); no settle span |
+//! | `RedeliverAfter(d)` | `ChangeMessageVisibility` to `d` (whole seconds, rounded up, at most 12 h): delivered again after `d` (`change_visibility`) |
+//! | `Reject` | `DeleteMessage` (`delete`): SQS has no reject, and a redrive policy would have it received again first; use `Redeliver` with a redrive policy to dead-letter |
+//! | `Stop` | as `Redeliver`, then the consumer stops and `run` returns [`ConsumeError::Handler`](tracelink_core::ConsumeError::Handler) |
+//! | given back on stop (`Release`) | `ChangeMessageVisibility` to 0 (`change_visibility`): delivered again at once |
+//!
+//! A handler that succeeded gets `DeleteMessage` (`delete`). A batch consumer
+//! ([`run_batches`](tracelink_core::Consumer::run_batches)) settles with
+//! `DeleteMessageBatch`/`ChangeMessageVisibilityBatch`.
 //!
 //! # Quick start
 //!
@@ -33,7 +49,7 @@
 //! use std::convert::Infallible;
 //! use tower::{service_fn, Service, ServiceExt};
 //! use tracelink_core::Instrumentation;
-//! use tracelink_sqs::{ReceivedMessage, SendRequest, SqsConsumer, SqsSender};
+//! use tracelink_sqs::{ReceivedMessage, SendRequest, SqsConsumer, SqsPublisher, SqsSource};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -44,17 +60,18 @@
 //! let instrumentation = Instrumentation::new(system);
 //!
 //! // Send: a PRODUCER span `send orders`, its context in the message attributes.
-//! let mut sender = SqsSender::new(client.clone(), instrumentation.clone()).traced();
-//! sender.ready().await?.call(SendRequest::new(&queue_url, "order #1")).await?;
+//! let mut publisher = SqsPublisher::new(client.clone()).traced(instrumentation.clone());
+//! publisher.ready().await?.call(SendRequest::new(&queue_url, "order #1")).await?;
 //!
-//! // Receive: `receive orders`, then `process orders` per message, linked to the producer.
-//! let mut consumer = SqsConsumer::builder(client, &queue_url, instrumentation).build(
-//!     service_fn(|message: ReceivedMessage| async move {
-//!         println!("{}", message.body());
-//!         Ok::<_, Infallible>(())
-//!     }),
-//! );
-//! consumer.poll().await?;
+//! // Receive: `receive orders`, then `process orders` per message, linked to the producer;
+//! // deleted after the handler succeeded. Runs until Ctrl-C.
+//! let handler = service_fn(|message: ReceivedMessage| async move {
+//!     println!("{}", message.body());
+//!     Ok::<_, Infallible>(())
+//! });
+//! SqsConsumer::new(SqsSource::new(client, &queue_url), instrumentation)
+//!     .run(handler, tokio::signal::ctrl_c())
+//!     .await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -63,15 +80,14 @@
 //! * Everything the core offers through the [`Instrumentation`](tracelink_core::Instrumentation)
 //!   builder: tracer and meter providers, propagator (B3, Jaeger, X-Ray work unchanged), link
 //!   mode, span names, header capture, baggage policy.
-//! * Sending: [`SqsSender::with_carrier`] (message attributes, `AWSTraceHeader`, or both) and
-//!   [`SqsSender::with_overflow_policy`].
-//! * Receiving: [`SqsConsumerBuilder`] sets the batch size, long-poll wait, visibility timeout,
-//!   the attribute names your handler needs, the failure policy ([`OnFailure`]) and the
-//!   `error.type` classifier of handler errors.
+//! * Publishing: [`SqsPublisher::with_carrier`] (message attributes, `AWSTraceHeader`, or both)
+//!   and [`SqsPublisher::with_overflow_policy`].
+//! * Receiving: [`SqsSource`] sets the batch size, long-poll wait, visibility timeout and the
+//!   attribute names your handler needs; the core's builder sets concurrency, prefetch, the
+//!   failure policy, settle and receive spans, batching and the `error.type` classifier.
 //! * Your own receive loop: wrap SDK messages with [`ReceivedMessage::new`] and use the core's
-//!   [`ConsumerLayer`](tracelink_core::ConsumerLayer) and
-//!   [`Instrumentation::receive_span`](tracelink_core::Instrumentation::receive_span); ask for
-//!   the propagator's attribute names and `AWSTraceHeader` yourself.
+//!   [`ConsumerLayer`](tracelink_core::ConsumerLayer); ask for the propagator's attribute names
+//!   and `AWSTraceHeader` yourself.
 //!
 //! # Cargo features
 //!
@@ -88,20 +104,22 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod carrier;
-mod consumer;
 mod error;
 mod message;
 mod send;
+mod settle;
 mod sns;
+mod source;
 
 pub use carrier::{AttributeExtractor, AttributeInjector};
-pub use consumer::{OnFailure, PollOutcome, SqsConsumer, SqsConsumerBuilder};
 pub use error::{EntryError, SqsError};
 pub use message::{queue_name, ContextSource, ReceivedMessage, SendRequest};
 pub use send::{
-    BatchSent, OverflowPolicy, SendFuture, SentMessage, SqsBatchSender, SqsSender, TraceCarrier,
-    MAX_MESSAGE_ATTRIBUTES,
+    BatchSent, OverflowPolicy, SendFuture, SentMessage, SqsBatchPublisher, SqsPublisher,
+    TraceCarrier, MAX_MESSAGE_ATTRIBUTES,
 };
+pub use settle::SqsSettler;
+pub use source::{SqsConsumer, SqsSource};
 
 /// Re-exported so users name the same SDK version.
 pub use aws_sdk_sqs;

@@ -40,11 +40,11 @@ impl Queue {
     }
 }
 
-/// A message to send with [`SqsSender`](crate::SqsSender): `SendMessage`, or one entry of
+/// A message to send with [`SqsPublisher`](crate::SqsPublisher): `SendMessage`, or one entry of
 /// `SendMessageBatch`.
 ///
 /// The trace context is not written into [`attributes`](SendRequest::attributes) directly: the
-/// propagator's fields are staged and the sender decides, when it builds the request, whether
+/// propagator's fields are staged and the publisher decides, when it builds the request, whether
 /// they fit in SQS's 10 message attributes (see [`OverflowPolicy`](crate::OverflowPolicy)).
 #[derive(Debug, Clone)]
 pub struct SendRequest {
@@ -55,7 +55,7 @@ pub struct SendRequest {
     pub(crate) delay_seconds: Option<i32>,
     pub(crate) group_id: Option<String>,
     pub(crate) deduplication_id: Option<String>,
-    /// The propagator's output, placed by the sender.
+    /// The propagator's output, placed by the publisher.
     pub(crate) staged: HashMap<String, String>,
 }
 
@@ -92,7 +92,7 @@ impl SendRequest {
         self
     }
 
-    /// Sets the `AWSTraceHeader` system attribute yourself. The sender replaces it when it
+    /// Sets the `AWSTraceHeader` system attribute yourself. The publisher replaces it when it
     /// writes the trace context there.
     pub fn with_aws_trace_header(mut self, header: impl Into<String>) -> Self {
         self.trace_header = Some(header.into());
@@ -137,7 +137,7 @@ impl SendRequest {
         &self.attributes
     }
 
-    /// The trace context fields the propagator produced, waiting to be placed by the sender.
+    /// The trace context fields the propagator produced, waiting to be placed by the publisher.
     pub fn trace_fields(&self) -> &HashMap<String, String> {
         &self.staged
     }

@@ -12,7 +12,7 @@ use aws_sdk_sqs::types::{
     SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
-use opentelemetry::metrics::{Counter, MeterProvider};
+use opentelemetry::metrics::Counter;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as attr;
@@ -39,7 +39,7 @@ const OVERFLOW_EVENT: &str = "trace context did not fit in the message attribute
 /// `skipped`). Not a semantic convention either.
 const OVERFLOW_OUTCOME: &str = "tracelink.sqs.overflow.outcome";
 
-/// Where the sender writes the trace context.
+/// Where the publisher writes the trace context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TraceCarrier {
     /// The propagator's fields as `String` message attributes (default). When they do not fit
@@ -98,44 +98,49 @@ pub(crate) fn placement(
     }
 }
 
-/// The raw SQS sending service: [`SendRequest`] → `SendMessage` ([`batch`](SqsSender::batch)
-/// gives the `SendMessageBatch` one). It places the trace fields the producer layer staged in each request;
-/// [`traced`](SqsSender::traced) and [`traced_batch`](SqsSender::traced_batch) wrap it in the
-/// core's layers.
+/// The SQS publisher: [`SendRequest`] → `SendMessage` ([`batch`](SqsPublisher::batch) gives the
+/// `SendMessageBatch` one). [`traced`](SqsPublisher::traced) and
+/// [`traced_batch`](SqsPublisher::traced_batch) wrap it in the core's producer layers; it then
+/// places the trace fields the layer staged in each request: as message attributes when they
+/// fit in SQS's 10, otherwise per the [`OverflowPolicy`].
 ///
 /// ```no_run
 /// # async fn demo(client: aws_sdk_sqs::Client, url: String) -> Result<(), tracelink_sqs::SqsError> {
 /// use tower::{Service, ServiceExt};
-/// use tracelink_sqs::{messaging_system, SendRequest, SqsSender};
+/// use tracelink_sqs::{messaging_system, SendRequest, SqsPublisher};
 /// use tracelink_core::Instrumentation;
 ///
 /// let system = messaging_system(None, Some("us-east-1"));
 /// let instrumentation = Instrumentation::new(system);
-/// let mut send = SqsSender::new(client, instrumentation).traced();
+/// let mut send = SqsPublisher::new(client).traced(instrumentation);
 /// let sent = send.ready().await?.call(SendRequest::new(url, "hello")).await?;
 /// println!("{:?}", sent.message_id);
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
-pub struct SqsSender {
+pub struct SqsPublisher {
     client: Client,
-    instrumentation: Instrumentation,
     carrier: TraceCarrier,
     overflow: OverflowPolicy,
+    /// Set by `traced`/`traced_batch`: the propagator to re-encode contexts with and the
+    /// overflow counter on the instrumentation's meter.
+    placing: Option<Placing>,
+}
+
+#[derive(Debug, Clone)]
+struct Placing {
+    instrumentation: Instrumentation,
     overflow_counter: Counter<u64>,
 }
 
-impl SqsSender {
-    /// A sender over `client`, reading contexts through `instrumentation`'s propagator when it
-    /// has to re-encode them as X-Ray headers.
-    pub fn new(client: Client, instrumentation: Instrumentation) -> Self {
-        let meter = opentelemetry::global::meter("tracelink-sqs");
+impl SqsPublisher {
+    /// A publisher over `client`.
+    pub fn new(client: Client) -> Self {
         Self {
             client,
-            instrumentation,
             carrier: TraceCarrier::default(),
             overflow: OverflowPolicy::default(),
-            overflow_counter: overflow_counter(&meter),
+            placing: None,
         }
     }
 
@@ -151,32 +156,44 @@ impl SqsSender {
         self
     }
 
-    /// The overflow counter (`tracelink.sqs.context.overflow`) goes to `provider` instead of the
-    /// global meter provider.
-    pub fn with_meter_provider<P: MeterProvider>(mut self, provider: &P) -> Self {
-        self.overflow_counter = overflow_counter(&provider.meter("tracelink-sqs"));
-        self
-    }
-
     /// The SQS client.
     pub fn client(&self) -> &Client {
         &self.client
     }
 
-    /// Wrapped in a [`ProducerLayer`]: a PRODUCER `send {queue}` span per message.
-    pub fn traced(self) -> ProducerService<SqsSender, DefaultErrorType> {
-        ProducerLayer::from(self.instrumentation.clone()).layer(self)
+    /// Wrapped in a [`ProducerLayer`] over `instrumentation`: a PRODUCER `send {queue}` span per
+    /// message. Overflows are counted by `tracelink.sqs.context.overflow` on the
+    /// instrumentation's meter.
+    pub fn traced(
+        self,
+        instrumentation: Instrumentation,
+    ) -> ProducerService<SqsPublisher, DefaultErrorType> {
+        let publisher = self.placing_with(&instrumentation);
+        ProducerLayer::from(instrumentation).layer(publisher)
     }
 
-    /// Wrapped in a [`BatchProducerLayer`]: one `send {queue}` span per batch, one PRODUCER
-    /// `create {queue}` span (and context) per message, per-entry failures on their spans.
-    pub fn traced_batch(self) -> BatchProducerService<SqsBatchSender, DefaultErrorType> {
-        BatchProducerLayer::from(self.instrumentation.clone()).layer(self.batch())
+    /// Wrapped in a [`BatchProducerLayer`] over `instrumentation`: one `send {queue}` span per
+    /// batch, one PRODUCER `create {queue}` span (and context) per message, per-entry failures
+    /// on their spans.
+    pub fn traced_batch(
+        self,
+        instrumentation: Instrumentation,
+    ) -> BatchProducerService<SqsBatchPublisher, DefaultErrorType> {
+        let publisher = self.placing_with(&instrumentation);
+        BatchProducerLayer::from(instrumentation).layer(publisher.batch())
     }
 
     /// The raw `SendMessageBatch` service with the same configuration.
-    pub fn batch(self) -> SqsBatchSender {
-        SqsBatchSender { sender: self }
+    pub fn batch(self) -> SqsBatchPublisher {
+        SqsBatchPublisher { publisher: self }
+    }
+
+    fn placing_with(mut self, instrumentation: &Instrumentation) -> Self {
+        self.placing = Some(Placing {
+            instrumentation: instrumentation.clone(),
+            overflow_counter: overflow_counter(instrumentation.meter()),
+        });
+        self
     }
 
     /// Moves the staged trace fields of `request` into its attributes or its `AWSTraceHeader`,
@@ -193,7 +210,12 @@ impl SqsSender {
             // A propagator field it did not write this time (`tracestate` when the context has
             // none), copied from a received message, would pair another trace's state with this
             // context: drop it, so it neither travels nor takes one of the 10 places.
-            let propagator_fields = self.instrumentation.fields();
+            let propagator_fields = match &self.placing {
+                Some(placing) => placing.instrumentation.fields(),
+                None => opentelemetry::global::get_text_map_propagator(|p| {
+                    p.fields().map(str::to_owned).collect()
+                }),
+            };
             request.attributes.retain(|k, _| {
                 !propagator_fields.iter().any(|f| f.eq_ignore_ascii_case(k))
                     || fields.keys().any(|f| f.eq_ignore_ascii_case(k))
@@ -242,7 +264,8 @@ impl SqsSender {
                         OVERFLOW_EVENT,
                         vec![KeyValue::new(OVERFLOW_OUTCOME, outcome)],
                     );
-                    self.overflow_counter.add(
+                    if let Some(placing) = &self.placing {
+                        placing.overflow_counter.add(
                         1,
                         &[
                             KeyValue::new(attr::MESSAGING_SYSTEM, crate::SYSTEM),
@@ -253,11 +276,19 @@ impl SqsSender {
                             KeyValue::new(OVERFLOW_OUTCOME, outcome),
                         ],
                     );
+                    }
                 }
             }
         }
         if xray {
-            let cx = self.instrumentation.extract(&MapExtractor(&fields));
+            // The layer staged the fields of this message's own span (a batch entry's `create`
+            // span, not the current `send` span): read its context back from them.
+            let cx = match &self.placing {
+                Some(placing) => placing.instrumentation.extract(&MapExtractor(&fields)),
+                None => opentelemetry::global::get_text_map_propagator(|p| {
+                    p.extract(&MapExtractor(&fields))
+                }),
+            };
             if let Some(header) = xray_header(cx.span().span_context()) {
                 request.trace_header = Some(header);
             }
@@ -315,10 +346,10 @@ impl PublishResponse for SentMessage {
     }
 }
 
-/// The boxed response future of [`SqsSender`].
+/// The boxed response future of [`SqsPublisher`].
 pub type SendFuture<T> = Pin<Box<dyn Future<Output = Result<T, SqsError>> + Send>>;
 
-impl Service<SendRequest> for SqsSender {
+impl Service<SendRequest> for SqsPublisher {
     type Response = SentMessage;
     type Error = SqsError;
     type Future = SendFuture<SentMessage>;
@@ -358,14 +389,14 @@ impl Service<SendRequest> for SqsSender {
 pub type BatchSent = Vec<Result<SentMessage, EntryError>>;
 
 /// The raw `SendMessageBatch` service (`Vec<SendRequest>`, 1 to 10 messages for one queue),
-/// from [`SqsSender::batch`]; [`SqsSender::traced_batch`] wraps it in the core's
+/// from [`SqsPublisher::batch`]; [`SqsPublisher::traced_batch`] wraps it in the core's
 /// [`BatchProducerLayer`].
 #[derive(Debug, Clone)]
-pub struct SqsBatchSender {
-    sender: SqsSender,
+pub struct SqsBatchPublisher {
+    publisher: SqsPublisher,
 }
 
-impl Service<Vec<SendRequest>> for SqsBatchSender {
+impl Service<Vec<SendRequest>> for SqsBatchPublisher {
     type Response = BatchSent;
     type Error = SqsError;
     type Future = SendFuture<BatchSent>;
@@ -385,7 +416,7 @@ impl Service<Vec<SendRequest>> for SqsBatchSender {
         let queue_url = requests[0].queue_url().to_owned();
         let mut entries = Vec::with_capacity(len);
         for (index, mut request) in requests.drain(..).enumerate() {
-            self.sender.place(&mut request);
+            self.publisher.place(&mut request);
             // Entry ids are the indices: that is how failures map back to request order.
             let entry = SendMessageBatchRequestEntry::builder()
                 .id(index.to_string())
@@ -409,7 +440,7 @@ impl Service<Vec<SendRequest>> for SqsBatchSender {
             }
         }
         let send = self
-            .sender
+            .publisher
             .client
             .send_message_batch()
             .queue_url(queue_url)
@@ -502,7 +533,7 @@ mod tests {
         );
     }
 
-    fn sender(carrier: TraceCarrier, overflow: OverflowPolicy) -> SqsSender {
+    fn publisher(carrier: TraceCarrier, overflow: OverflowPolicy) -> SqsPublisher {
         use opentelemetry::propagation::TextMapCompositePropagator;
         use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
         let config = aws_sdk_sqs::Config::builder()
@@ -516,9 +547,10 @@ mod tests {
                     Box::new(BaggagePropagator::new()),
                 ]))
                 .build();
-        SqsSender::new(Client::from_conf(config), instrumentation)
+        SqsPublisher::new(Client::from_conf(config))
             .with_carrier(carrier)
             .with_overflow_policy(overflow)
+            .placing_with(&instrumentation)
     }
 
     const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
@@ -536,7 +568,7 @@ mod tests {
 
     #[test]
     fn place_writes_fields_that_fit_and_drops_empty_ones() {
-        let s = sender(
+        let s = publisher(
             TraceCarrier::MessageAttributes,
             OverflowPolicy::AwsTraceHeader,
         );
@@ -553,7 +585,7 @@ mod tests {
 
     #[test]
     fn place_overflows_into_aws_trace_header_and_removes_stale_fields() {
-        let s = sender(
+        let s = publisher(
             TraceCarrier::MessageAttributes,
             OverflowPolicy::AwsTraceHeader,
         );
@@ -582,7 +614,7 @@ mod tests {
 
     #[test]
     fn place_drops_a_stale_field_the_propagator_did_not_write() {
-        let s = sender(
+        let s = publisher(
             TraceCarrier::MessageAttributes,
             OverflowPolicy::AwsTraceHeader,
         );
@@ -608,7 +640,7 @@ mod tests {
 
     #[test]
     fn place_skips_without_fallback() {
-        let s = sender(TraceCarrier::MessageAttributes, OverflowPolicy::Skip);
+        let s = publisher(TraceCarrier::MessageAttributes, OverflowPolicy::Skip);
         let mut r = request(10, &[("traceparent", TRACEPARENT)]);
         s.place(&mut r);
         assert_eq!(r.attributes.len(), 10);
@@ -619,12 +651,12 @@ mod tests {
     #[test]
     fn place_per_carrier() {
         let mut r = request(0, &[("traceparent", TRACEPARENT)]);
-        sender(TraceCarrier::AwsTraceHeader, OverflowPolicy::Skip).place(&mut r);
+        publisher(TraceCarrier::AwsTraceHeader, OverflowPolicy::Skip).place(&mut r);
         assert!(r.attributes.is_empty());
         assert_eq!(r.trace_header.as_deref(), Some(XRAY));
 
         let mut r = request(0, &[("traceparent", TRACEPARENT)]);
-        sender(TraceCarrier::Both, OverflowPolicy::Skip).place(&mut r);
+        publisher(TraceCarrier::Both, OverflowPolicy::Skip).place(&mut r);
         assert_eq!(r.attributes.len(), 1);
         assert_eq!(r.trace_header.as_deref(), Some(XRAY));
     }
