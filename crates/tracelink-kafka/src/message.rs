@@ -14,7 +14,7 @@ use tracelink_core::{Destination, IncomingMessage, OutgoingMessage, PublishRespo
 
 use crate::carrier::{HeaderExtractor, RecordInjector};
 
-/// An owned record to publish through [`KafkaProducer`](crate::KafkaProducer).
+/// An owned record to publish through [`KafkaPublisher`](crate::KafkaPublisher).
 #[derive(Debug, Clone, Default)]
 pub struct KafkaRecord {
     /// The topic.
@@ -115,7 +115,7 @@ impl OutgoingMessage for KafkaRecord {
     }
 }
 
-/// Where a record landed: the response of [`KafkaProducer`](crate::KafkaProducer).
+/// Where a record landed: the response of [`KafkaPublisher`](crate::KafkaPublisher).
 ///
 /// Sets `messaging.destination.partition.id` (unless the record named its partition, which is
 /// already on the span) and `messaging.kafka.offset` on the `send` span.
@@ -131,7 +131,7 @@ pub struct Delivered {
 
 impl Delivered {
     /// The span context that was current when the record was published: inside a
-    /// [`TracedProducer`](crate::TracedProducer), the `send` span whose context the record
+    /// [`TracedPublisher`](crate::TracedPublisher), the `send` span whose context the record
     /// carries (to print or log its ids).
     pub fn span_context(&self) -> &SpanContext {
         &self.span_context
@@ -150,8 +150,8 @@ impl PublishResponse for Delivered {
     }
 }
 
-/// A consumed message, with the consumer group that read it: what handlers of
-/// [`ConsumeLoop`](crate::ConsumeLoop) receive.
+/// A consumed message, with the consumer group that read it: what handlers of a
+/// [`KafkaConsumer`](crate::KafkaConsumer) receive.
 ///
 /// Generic over rdkafka's [`Message`], so it also wraps a [`BorrowedMessage`] for consume loops
 /// of your own (`KafkaMessage::new(&borrowed)`).
@@ -159,6 +159,9 @@ impl PublishResponse for Delivered {
 pub struct KafkaMessage<M = OwnedMessage> {
     message: M,
     group: Option<Arc<str>>,
+    /// The topic's name and number, interned by the [`KafkaSource`](crate::KafkaSource) that
+    /// received the message: its ordering key and its settle receipt then cost no allocation.
+    pub(crate) topic: Option<(Arc<str>, u32)>,
 }
 
 impl<M: Message> KafkaMessage<M> {
@@ -167,6 +170,7 @@ impl<M: Message> KafkaMessage<M> {
         Self {
             message,
             group: None,
+            topic: None,
         }
     }
 
@@ -219,10 +223,20 @@ impl<M: Message> KafkaMessage<M> {
 
 impl KafkaMessage<OwnedMessage> {
     /// Copies a borrowed message out of the consumer's buffer.
+    ///
+    /// The consume path needs this copy (payload, key, topic name and headers: 3 to 5
+    /// allocations per message, see `benches/allocations.rs`). rdkafka's zero-copy
+    /// [`BorrowedMessage`] borrows its `StreamConsumer` (it frees librdkafka's buffer on drop),
+    /// so it cannot outlive the receive call that produced it, while a handler gets an owned,
+    /// `'static` message that it may keep or send elsewhere. Keeping the borrowed message would
+    /// take a self-referential owner (the consumer's `Arc` plus a message borrowing it), which
+    /// needs `unsafe` code (forbidden in this workspace) or a crate built on it, and even then
+    /// rdkafka's receive is an `async fn` borrowing the consumer, which such owners cannot wrap.
     pub fn detach(message: &BorrowedMessage<'_>, group: Option<Arc<str>>) -> Self {
         Self {
             message: message.detach(),
             group,
+            topic: None,
         }
     }
 }

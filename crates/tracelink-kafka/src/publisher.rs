@@ -19,30 +19,30 @@ use tracelink_core::{
 
 use crate::message::{Delivered, KafkaRecord};
 
-/// A [`KafkaProducer`] inside tracelink's [`ProducerLayer`]: what
-/// [`KafkaProducer::traced`] returns.
-pub type TracedProducer = ProducerService<KafkaProducer, DefaultErrorType>;
+/// A [`KafkaPublisher`] inside tracelink's [`ProducerLayer`]: what
+/// [`KafkaPublisher::traced`] returns.
+pub type TracedPublisher = ProducerService<KafkaPublisher, DefaultErrorType>;
 
 /// A tower [`Service`] that publishes [`KafkaRecord`]s through an rdkafka [`FutureProducer`] and
 /// resolves to where each one was [`Delivered`].
 ///
-/// Wrap it in a [`ProducerLayer`] (or call [`traced`](KafkaProducer::traced)) for a `send {topic}`
+/// Wrap it in a [`ProducerLayer`] (or call [`traced`](KafkaPublisher::traced)) for a `send {topic}`
 /// PRODUCER span per record, its context injected into the record's headers.
 #[derive(Clone)]
-pub struct KafkaProducer {
+pub struct KafkaPublisher {
     producer: FutureProducer,
     queue_timeout: Timeout,
 }
 
-impl std::fmt::Debug for KafkaProducer {
+impl std::fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaProducer")
+        f.debug_struct("KafkaPublisher")
             .field("queue_timeout", &self.queue_timeout)
             .finish_non_exhaustive()
     }
 }
 
-impl KafkaProducer {
+impl KafkaPublisher {
     /// Publishes through `producer`; waits at most 5 s for room in a full local queue.
     pub fn new(producer: FutureProducer) -> Self {
         Self {
@@ -64,7 +64,7 @@ impl KafkaProducer {
     }
 
     /// Wraps this service in a [`ProducerLayer`] built from `instrumentation`.
-    pub fn traced(self, instrumentation: Instrumentation) -> TracedProducer {
+    pub fn traced(self, instrumentation: Instrumentation) -> TracedPublisher {
         ProducerLayer::from(instrumentation).layer(self)
     }
 }
@@ -104,7 +104,7 @@ pub fn error_type(error: &KafkaError) -> Cow<'static, str> {
     })
 }
 
-impl Service<KafkaRecord> for KafkaProducer {
+impl Service<KafkaRecord> for KafkaPublisher {
     type Response = Delivered;
     type Error = ProduceError;
     type Future = Pin<Box<dyn Future<Output = Result<Delivered, ProduceError>> + Send>>;

@@ -15,7 +15,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::{mpsc, oneshot};
 use tower::{service_fn, Service, ServiceExt};
 use tracelink_core::{Instrumentation, MessagingSystem};
-use tracelink_kafka::{KafkaMessage, KafkaProducer, KafkaRecord};
+use tracelink_kafka::{KafkaMessage, KafkaPublisher, KafkaRecord};
 use tracelink_testkit::{
     baggage_size, check_baggage, check_process_span, corpus, w3c_propagator, Case, Expect,
     OTHER_TRACEPARENT, VALID_TRACEPARENT,
@@ -62,7 +62,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots(backend: Backend) {
     let mut config = backend.producer_config();
     // Room for the 1 MiB header (the producer's own default limit is 1000000 bytes).
     config.set("message.max.bytes", "4000000");
-    let mut raw = KafkaProducer::new(config.create().expect("producer"));
+    let mut raw = KafkaPublisher::new(config.create().expect("producer"));
     let mut sent = Vec::new();
     for case in &cases {
         let headers = case
@@ -102,10 +102,10 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots(backend: Backend) {
     consume_config
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "500");
-    let consume = tracelink_kafka::ConsumeLoop::from_config(&consume_config, Some(instrumentation))
-        .expect("consumer");
-    rdkafka::consumer::Consumer::subscribe(consume.consumer(), &[topic.as_str()])
+    let source = tracelink_kafka::KafkaSource::from_config(&consume_config).expect("consumer");
+    rdkafka::consumer::Consumer::subscribe(&**source.consumer(), &[topic.as_str()])
         .expect("subscribe");
+    let consume = tracelink_kafka::KafkaConsumer::new(source, instrumentation);
 
     let seen: Arc<Mutex<BTreeMap<String, Vec<Seen>>>> = Arc::default();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

@@ -18,15 +18,14 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use tokio::sync::{mpsc, oneshot};
 use tower::{service_fn, Service, ServiceExt};
 use tracelink_core::ErrorType;
-use tracelink_kafka::{
-    BatchConfig, ConsumeError, ConsumeLoop, KafkaMessage, KafkaProducer, KafkaRecord, OnFailure,
-};
+use tracelink_core::{BatchConfig, ConsumeError, OnFailure};
+use tracelink_kafka::{KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord};
 
 use support::{assert_kind, attr, unique, Backend, Telemetry, TEST_TIMEOUT};
 
 /// Runs `consume` with `handler` until `n` messages reached the handler, or the loop stopped.
 async fn run_until<H, Fut, E>(
-    consume: &ConsumeLoop,
+    consume: KafkaConsumer,
     n: usize,
     mut handler: H,
 ) -> Result<(), ConsumeError<E>>
@@ -86,7 +85,7 @@ async fn round_trip_links_consumer_to_producer(backend: Backend) {
     let group = unique("group");
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
-    let delivered = KafkaProducer::new(backend.producer())
+    let delivered = KafkaPublisher::new(backend.producer())
         .traced(telemetry.producer_instrumentation(&backend))
         .oneshot(
             KafkaRecord::new(&topic)
@@ -101,11 +100,11 @@ async fn round_trip_links_consumer_to_producer(backend: Backend) {
     let consumer_instr = telemetry.instrumentation(
         tracelink_core::MessagingSystem::new("kafka").with_client_id("tracelink-test"),
     );
-    let consume = backend.consume_loop(&group, &topic, consumer_instr);
+    let consume = backend.consumer(&group, &topic, consumer_instr);
     let tracer = telemetry.provider.tracer("handler");
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = seen.clone();
-    run_until(&consume, 1, move |message| {
+    run_until(consume, 1, move |message| {
         let process = Context::current().span().span_context().clone();
         let _child = tracer.start("handler work");
         seen2.lock().unwrap().push((
@@ -208,19 +207,19 @@ async fn tombstones_are_marked(backend: Backend) {
     let topic = unique("tombstone");
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
-    KafkaProducer::new(backend.producer())
+    KafkaPublisher::new(backend.producer())
         .traced(telemetry.producer_instrumentation(&backend))
         .oneshot(KafkaRecord::new(&topic).with_key("gone"))
         .await
         .expect("publish");
-    let consume = backend.consume_loop(
+    let consume = backend.consumer(
         &unique("group"),
         &topic,
         telemetry.instrumentation(tracelink_core::MessagingSystem::new("kafka")),
     );
     let payloads = Arc::new(Mutex::new(Vec::new()));
     let p2 = payloads.clone();
-    run_until(&consume, 1, move |m| {
+    run_until(consume, 1, move |m| {
         p2.lock().unwrap().push(m.payload().map(<[u8]>::to_vec));
         async { Ok::<_, std::io::Error>(()) }
     })
@@ -272,7 +271,7 @@ async fn bad_and_duplicated_trace_headers(backend: Backend) {
         ("malformed", vec![("traceparent", b"not a traceparent")]),
     ];
     // Published raw: the test controls every header byte.
-    let mut raw = KafkaProducer::new(backend.producer());
+    let mut raw = KafkaPublisher::new(backend.producer());
     for (payload, headers) in &records {
         let headers = headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| {
             h.insert(Header {
@@ -291,14 +290,14 @@ async fn bad_and_duplicated_trace_headers(backend: Backend) {
             .await
             .expect("publish");
     }
-    let consume = backend.consume_loop(
+    let consume = backend.consumer(
         &unique("group"),
         &topic,
         telemetry.instrumentation(tracelink_core::MessagingSystem::new("kafka")),
     );
     let order = Arc::new(Mutex::new(Vec::new()));
     let o2 = order.clone();
-    run_until(&consume, records.len(), move |m| {
+    run_until(consume, records.len(), move |m| {
         o2.lock()
             .unwrap()
             .push((text(&m), Context::current().span().span_context().span_id()));
@@ -344,7 +343,7 @@ async fn handler_failure_then_restart_redelivers(backend: Backend) {
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
     let mut producer =
-        KafkaProducer::new(backend.producer()).traced(telemetry.producer_instrumentation(&backend));
+        KafkaPublisher::new(backend.producer()).traced(telemetry.producer_instrumentation(&backend));
     for payload in ["m0", "m1", "m2"] {
         producer
             .ready()
@@ -358,9 +357,11 @@ async fn handler_failure_then_restart_redelivers(backend: Backend) {
 
     let first = Arc::new(Mutex::new(Vec::new()));
     {
-        let consume = backend.consume_loop(&group, &topic, instr.clone());
+        let consume = backend
+            .consumer(&group, &topic, instr.clone())
+            .on_failure(OnFailure::Stop);
         let f2 = first.clone();
-        let result = run_until(&consume, 3, move |m| {
+        let result = run_until(consume, 3, move |m| {
             let payload = text(&m);
             f2.lock().unwrap().push(payload.clone());
             async move {
@@ -376,13 +377,7 @@ async fn handler_failure_then_restart_redelivers(backend: Backend) {
         })
         .await;
         match result {
-            Err(ConsumeError::Handler {
-                topic: t,
-                partition,
-                offset,
-                error,
-            }) => {
-                assert_eq!((t.as_str(), partition, offset), (topic.as_str(), 0, 1));
+            Err(ConsumeError::Handler(error)) => {
                 assert_eq!(error.kind(), std::io::ErrorKind::InvalidData);
             }
             other => panic!("expected the handler error, got {other:?}"),
@@ -407,10 +402,10 @@ async fn handler_failure_then_restart_redelivers(backend: Backend) {
     assert!(matches!(failed[0].status, Status::Error { .. }));
 
     // A restart in the same group starts at the failed message: nothing lost, nothing early.
-    let consume = backend.consume_loop(&group, &topic, instr);
+    let consume = backend.consumer(&group, &topic, instr);
     let second = Arc::new(Mutex::new(Vec::new()));
     let s2 = second.clone();
-    run_until(&consume, 2, move |m| {
+    run_until(consume, 2, move |m| {
         s2.lock().unwrap().push((text(&m), m.offset()));
         async { Ok::<_, std::io::Error>(()) }
     })
@@ -422,13 +417,13 @@ async fn handler_failure_then_restart_redelivers(backend: Backend) {
     );
 }
 
-both_backends!(skip_policy_commits_with_an_event);
-async fn skip_policy_commits_with_an_event(backend: Backend) {
+both_backends!(reject_policy_commits_with_an_event);
+async fn reject_policy_commits_with_an_event(backend: Backend) {
     let topic = unique("skip");
     let group = unique("group");
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
-    let mut producer = KafkaProducer::new(backend.producer());
+    let mut producer = KafkaPublisher::new(backend.producer());
     for payload in ["bad", "good"] {
         producer
             .ready()
@@ -441,9 +436,9 @@ async fn skip_policy_commits_with_an_event(backend: Backend) {
     let instr = telemetry.instrumentation(tracelink_core::MessagingSystem::new("kafka"));
     {
         let consume = backend
-            .consume_loop(&group, &topic, instr.clone())
-            .on_failure(OnFailure::Skip);
-        run_until(&consume, 2, |m| {
+            .consumer(&group, &topic, instr.clone())
+            .on_failure(OnFailure::Reject);
+        run_until(consume, 2, |m| {
             let bad = text(&m) == "bad";
             async move {
                 if bad {
@@ -454,20 +449,20 @@ async fn skip_policy_commits_with_an_event(backend: Backend) {
             }
         })
         .await
-        .expect("skip keeps consuming");
+        .expect("reject keeps consuming");
     }
     let spans = telemetry.named(&format!("process {topic}"));
-    let skipped: Vec<_> = spans
+    let rejected: Vec<_> = spans
         .iter()
-        .filter(|s| s.events.iter().any(|e| e.name == "message skipped"))
+        .filter(|s| s.events.iter().any(|e| e.name == "message rejected"))
         .collect();
-    assert_eq!(skipped.len(), 1);
+    assert_eq!(rejected.len(), 1);
     assert_eq!(
-        attr(skipped[0], attr::MESSAGING_KAFKA_OFFSET),
+        attr(rejected[0], attr::MESSAGING_KAFKA_OFFSET),
         Some(Value::from(0_i64))
     );
     assert_eq!(
-        attr(skipped[0], attr::ERROR_TYPE),
+        attr(rejected[0], attr::ERROR_TYPE),
         Some(Value::from("Other"))
     );
 
@@ -479,10 +474,10 @@ async fn skip_policy_commits_with_an_event(backend: Backend) {
         .call(KafkaRecord::new(&topic).with_payload("next"))
         .await
         .expect("publish");
-    let consume = backend.consume_loop(&group, &topic, instr);
+    let consume = backend.consumer(&group, &topic, instr);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s2 = seen.clone();
-    run_until(&consume, 1, move |m| {
+    run_until(consume, 1, move |m| {
         s2.lock().unwrap().push(text(&m));
         async { Ok::<_, std::io::Error>(()) }
     })
@@ -497,7 +492,7 @@ async fn batches_link_every_message(backend: Backend) {
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
     let mut producer =
-        KafkaProducer::new(backend.producer()).traced(telemetry.producer_instrumentation(&backend));
+        KafkaPublisher::new(backend.producer()).traced(telemetry.producer_instrumentation(&backend));
     for i in 0..5 {
         producer
             .ready()
@@ -507,7 +502,7 @@ async fn batches_link_every_message(backend: Backend) {
             .await
             .expect("publish");
     }
-    let consume = backend.consume_loop(
+    let consume = backend.consumer(
         &unique("group"),
         &topic,
         telemetry.instrumentation(tracelink_core::MessagingSystem::new("kafka")),
@@ -532,7 +527,7 @@ async fn batches_link_every_message(backend: Backend) {
     };
     tokio::time::timeout(
         TEST_TIMEOUT,
-        consume.run_batches(handler, config, async move {
+        consume.with_batch(config).run_batches(handler, async move {
             let _ = stop_rx.await;
         }),
     )
@@ -576,7 +571,7 @@ async fn partition_order_kept_under_concurrency(backend: Backend) {
     let topic = unique("order");
     backend.create_topic(&topic, 3).await;
     let telemetry = Telemetry::new();
-    let mut producer = KafkaProducer::new(backend.producer());
+    let mut producer = KafkaPublisher::new(backend.producer());
     for seq in 0..30 {
         let partition = seq % 3;
         producer
@@ -592,16 +587,16 @@ async fn partition_order_kept_under_concurrency(backend: Backend) {
             .expect("publish");
     }
     let consume = backend
-        .consume_loop(
+        .consumer(
             &unique("group"),
             &topic,
             telemetry.instrumentation(tracelink_core::MessagingSystem::new("kafka")),
         )
-        .with_max_in_flight(8);
+        .with_concurrency(8);
     let log = Arc::new(Mutex::new(Vec::new()));
     let active = Arc::new(Mutex::new((0usize, 0usize)));
     let (l2, a2) = (log.clone(), active.clone());
-    run_until(&consume, 30, move |m| {
+    run_until(consume, 30, move |m| {
         let (log, active) = (l2.clone(), a2.clone());
         let seq: i32 = text(&m).parse().unwrap();
         let partition = m.partition();
@@ -647,7 +642,7 @@ async fn delivery_failures_set_error_type(backend: Backend) {
     let topic = unique("fail");
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
-    let result = KafkaProducer::new(backend.producer())
+    let result = KafkaPublisher::new(backend.producer())
         .traced(telemetry.producer_instrumentation(&backend))
         .oneshot(
             KafkaRecord::new(&topic)
@@ -706,11 +701,11 @@ async fn tower_retry_inside_the_process_span(backend: Backend) {
     let topic = unique("retry");
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
-    KafkaProducer::new(backend.producer())
+    KafkaPublisher::new(backend.producer())
         .oneshot(KafkaRecord::new(&topic).with_payload("flaky"))
         .await
         .expect("publish");
-    let consume = backend.consume_loop(
+    let consume = backend.consumer(
         &unique("group"),
         &topic,
         telemetry.instrumentation(tracelink_core::MessagingSystem::new("kafka")),

@@ -1,7 +1,7 @@
 //! Load (issue 9) against librdkafka's mock cluster and against tansu: `N` records through the
 //! traced producer and the consume loop, with the handler failing 10% of first attempts (chosen by a seeded
-//! LCG). The loop's default failure policy is `OnFailure::Stop` (a restart redelivers from the
-//! last committed offset), and the adapter documents retries as a `tower::retry::Retry` in the
+//! LCG). The consumer's default failure policy is `OnFailure::Redeliver` (the partition is
+//! rewound to the failed record), and the adapter documents retries as a `tower::retry::Retry` in the
 //! handler stack: that is what this test uses, so a failed first attempt is retried inside its
 //! `process` span (which then covers both attempts) and the loop never stops. It asserts that
 //! every record succeeds in the end, none is lost, no offset is committed past a record whose
@@ -24,7 +24,8 @@ use rdkafka::Offset;
 use tower::{service_fn, Service, ServiceExt};
 use tracelink_core::{Instrumentation, MessagingSystem};
 use tracelink_kafka::{
-    consumer_config, messaging_system, ConsumeLoop, KafkaMessage, KafkaProducer, KafkaRecord,
+    consumer_config, messaging_system, KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord,
+    KafkaSource,
 };
 
 use support::{unique, Backend};
@@ -91,7 +92,7 @@ async fn run(backend: Backend, name: &str, n: usize) {
 
     // Sends run concurrently (up to 1000 in flight): one at a time, each would wait out
     // librdkafka's linger.
-    let producer = KafkaProducer::new(backend.producer()).traced(instrumentation(
+    let producer = KafkaPublisher::new(backend.producer()).traced(instrumentation(
         messaging_system(&backend.producer_config()),
     ));
     let mut sends = tokio::task::JoinSet::new();
@@ -123,7 +124,7 @@ async fn run(backend: Backend, name: &str, n: usize) {
     let early_commits = Arc::new(Mutex::new(Vec::new()));
     let commit_checks = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
-    // As `Backend::consume_loop`, with auto-commit every 100 ms so that offsets are committed
+    // As `Backend::consumer`, with auto-commit every 100 ms so that offsets are committed
     // while the test runs and the sampled check below compares against real commits.
     let mut config = consumer_config(&backend.brokers(), &group);
     config
@@ -131,14 +132,10 @@ async fn run(backend: Backend, name: &str, n: usize) {
         .set("heartbeat.interval.ms", "500")
         .set("auto.commit.interval.ms", "100")
         .set("client.id", "tracelink-test");
-    let consume = Arc::new(
-        ConsumeLoop::from_config(
-            &config,
-            Some(instrumentation(MessagingSystem::new("kafka"))),
-        )
-        .expect("consumer"),
-    );
-    consume.consumer().subscribe(&[&topic]).expect("subscribe");
+    let source = KafkaSource::from_config(&config).expect("consumer");
+    source.consumer().subscribe(&[&topic]).expect("subscribe");
+    let client = Arc::clone(source.consumer());
+    let consume = KafkaConsumer::new(source, instrumentation(MessagingSystem::new("kafka")));
     let real_commits_seen = Arc::new(AtomicUsize::new(0));
     let flaky = {
         let (fail_first, attempts, successes, distinct, done) = (
@@ -148,8 +145,8 @@ async fn run(backend: Backend, name: &str, n: usize) {
             distinct.clone(),
             done.clone(),
         );
-        let (consume, early_commits, commit_checks, real_commits_seen) = (
-            consume.clone(),
+        let (client, early_commits, commit_checks, real_commits_seen) = (
+            client.clone(),
             early_commits.clone(),
             commit_checks.clone(),
             real_commits_seen.clone(),
@@ -168,8 +165,7 @@ async fn run(backend: Backend, name: &str, n: usize) {
                     .is_multiple_of(50)
                 {
                     let committed = tokio::task::block_in_place(|| {
-                        consume
-                            .consumer()
+                        client
                             .committed(Duration::from_secs(10))
                             .expect("committed offsets")
                     });
@@ -226,8 +222,7 @@ async fn run(backend: Backend, name: &str, n: usize) {
     );
     // The loop commits stored offsets when it stops: every partition is committed to its end.
     let committed = tokio::task::block_in_place(|| {
-        consume
-            .consumer()
+        client
             .committed(Duration::from_secs(10))
             .expect("committed offsets")
     });
@@ -257,8 +252,7 @@ async fn run(backend: Backend, name: &str, n: usize) {
             "partition {partition} committed to its end"
         );
         if let Backend::Mock(_) = backend {
-            let (_, high) = consume
-                .consumer()
+            let (_, high) = client
                 .fetch_watermarks(&topic, partition, Duration::from_secs(10))
                 .expect("watermarks");
             assert_eq!(

@@ -15,7 +15,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use tracelink_core::{Instrumentation, MessagingSystem};
-use tracelink_kafka::{consumer_config, messaging_system, ConsumeLoop};
+use tracelink_kafka::{consumer_config, messaging_system, KafkaConsumer, KafkaSource};
 
 /// Where a test's Kafka lives: librdkafka's in-process mock cluster, or tansu at `KAFKA_BROKERS`.
 pub enum Backend {
@@ -98,21 +98,21 @@ impl Backend {
         config
     }
 
-    /// A consume loop in `group`, subscribed to `topic`.
-    pub fn consume_loop(
+    /// A consumer in `group`, subscribed to `topic`.
+    pub fn consumer(
         &self,
         group: &str,
         topic: &str,
         instrumentation: Instrumentation,
-    ) -> ConsumeLoop {
+    ) -> KafkaConsumer {
         let mut config = consumer_config(&self.brokers(), group);
         config
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
             .set("client.id", "tracelink-test");
-        let consume = ConsumeLoop::from_config(&config, Some(instrumentation)).expect("consumer");
-        rdkafka::consumer::Consumer::subscribe(consume.consumer(), &[topic]).expect("subscribe");
-        consume
+        let source = KafkaSource::from_config(&config).expect("consumer");
+        rdkafka::consumer::Consumer::subscribe(&**source.consumer(), &[topic]).expect("subscribe");
+        KafkaConsumer::new(source, instrumentation)
     }
 }
 
