@@ -1,4 +1,4 @@
-//! Errors of the traced publish and of the consume loop, with their `error.type` values.
+//! Errors of the traced publish and of the consumer, with their `error.type` values.
 
 use std::borrow::Cow;
 
@@ -55,27 +55,37 @@ impl ErrorType for PublishError {
     }
 }
 
-/// Why the [`ConsumeLoop`](crate::ConsumeLoop) stopped.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConsumeError {
-    /// The consumer failed: its channel or connection closed (unacknowledged messages go back
-    /// to the queue, RabbitMQ's own guarantee).
-    #[error("the consumer failed: {0}")]
-    Consumer(#[source] lapin::Error),
-    /// Acknowledging or rejecting a message failed, which means the channel is gone.
-    #[error("settling a message failed: {0}")]
-    Settle(#[source] lapin::Error),
-    /// The handler service reported that it cannot take messages any more.
-    #[error("the handler failed to become ready: {0}")]
-    NotReady(#[source] tower::BoxError),
+/// A lapin failure on the consume side: receiving (the consumer's channel or connection closed)
+/// or settling (`basic.ack`, `basic.nack`, `basic.reject`). The `source` of a
+/// [`tracelink_core::ConsumeError::Receive`] or [`Settle`](tracelink_core::ConsumeError::Settle)
+/// from an [`AmqpConsumer`](crate::AmqpConsumer); `error.type` from [`lapin_error_type`].
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(transparent)]
+pub struct AmqpError(#[from] lapin::Error);
+
+impl AmqpError {
+    /// A settlement that could not be sent because the delivery's channel is closed or failed
+    /// (lapin poisons the acker): `error.type` = `channel_closed`.
+    pub(crate) fn channel_closed(operation: &'static str) -> Self {
+        Self(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+            lapin::ChannelState::Closed,
+            operation,
+        )))
+    }
+
+    /// The lapin error.
+    pub fn lapin(&self) -> &lapin::Error {
+        &self.0
+    }
+
+    /// Unwraps the lapin error.
+    pub fn into_lapin(self) -> lapin::Error {
+        self.0
+    }
 }
 
-impl ErrorType for ConsumeError {
+impl ErrorType for AmqpError {
     fn error_type(&self) -> Cow<'static, str> {
-        match self {
-            ConsumeError::Consumer(e) | ConsumeError::Settle(e) => lapin_error_type(e),
-            ConsumeError::NotReady(_) => Cow::Borrowed(OTHER_ERROR),
-        }
+        lapin_error_type(&self.0)
     }
 }

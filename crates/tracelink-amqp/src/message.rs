@@ -1,11 +1,12 @@
 //! The messages tracelink sees: an outgoing [`Publish`] and an incoming [`AmqpDelivery`].
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use lapin::message::Delivery;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
-use lapin::BasicProperties;
+use lapin::{Acker, BasicProperties};
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::KeyValue;
 use opentelemetry_semantic_conventions::attribute as attr;
@@ -181,30 +182,80 @@ impl<P: AsRef<[u8]>> OutgoingMessage for Publish<P> {
     }
 }
 
-/// A delivery from a queue, as handed to handlers by the [`ConsumeLoop`](crate::ConsumeLoop).
+/// Whether `name` is what [`delivery_destination`] makes of `parts`, without building it.
+fn joins_to(parts: [&str; 3], name: &str) -> bool {
+    let mut rest = name;
+    let mut first = true;
+    for part in parts.iter().filter(|p| !p.is_empty()) {
+        if !first {
+            match rest.strip_prefix(':') {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        first = false;
+        match rest.strip_prefix(part) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    if first {
+        name == DEFAULT_EXCHANGE
+    } else {
+        rest.is_empty()
+    }
+}
+
+/// What deliveries of one queue with the same exchange and routing key share: built once and
+/// shared (a reference count per delivery, no allocation), so the consume path does not build
+/// the destination name of every message.
+#[derive(Debug)]
+pub(crate) struct Route {
+    queue: Arc<str>,
+    routing_key: Arc<str>,
+    destination: Box<str>,
+}
+
+impl Route {
+    pub(crate) fn new(queue: Arc<str>, exchange: &str, routing_key: &str) -> Self {
+        Self {
+            destination: delivery_destination(exchange, routing_key, &queue).into_boxed_str(),
+            routing_key: Arc::from(routing_key),
+            queue,
+        }
+    }
+
+    /// Whether a delivery with `exchange` and `routing_key` has this route.
+    pub(crate) fn fits(&self, exchange: &str, routing_key: &str) -> bool {
+        *self.routing_key == *routing_key
+            && joins_to([exchange, routing_key, &self.queue], &self.destination)
+    }
+}
+
+/// A delivery from a queue, as handed to handlers by an
+/// [`AmqpConsumer`](crate::AmqpConsumer).
 ///
 /// Its destination is `{exchange}:{routing key}:{queue}`; the process span also carries the
 /// routing key, the delivery tag, the message and correlation ids and the body size.
 #[derive(Debug)]
 pub struct AmqpDelivery {
     delivery: Delivery,
-    queue: ShortString,
-    destination: String,
+    route: Arc<Route>,
 }
 
 impl AmqpDelivery {
     /// Wraps a delivery received from `queue`.
-    pub fn new(delivery: Delivery, queue: ShortString) -> Self {
-        let destination = delivery_destination(
+    pub fn new(delivery: Delivery, queue: &str) -> Self {
+        let route = Route::new(
+            Arc::from(queue),
             delivery.exchange.as_str(),
             delivery.routing_key.as_str(),
-            queue.as_str(),
         );
-        Self {
-            delivery,
-            queue,
-            destination,
-        }
+        Self::with_route(delivery, Arc::new(route))
+    }
+
+    pub(crate) fn with_route(delivery: Delivery, route: Arc<Route>) -> Self {
+        Self { delivery, route }
     }
 
     /// The lapin delivery.
@@ -215,6 +266,12 @@ impl AmqpDelivery {
     /// Unwraps the lapin delivery.
     pub fn into_delivery(self) -> Delivery {
         self.delivery
+    }
+
+    /// The delivery's acker. A handler may settle the delivery itself through it: the consumer
+    /// then does not settle it again (lapin's acker is single-use), and does not fail.
+    pub fn acker(&self) -> &Acker {
+        &self.delivery.acker
     }
 
     /// The payload.
@@ -233,8 +290,8 @@ impl AmqpDelivery {
     }
 
     /// The queue the delivery came from.
-    pub fn queue(&self) -> &ShortString {
-        &self.queue
+    pub fn queue(&self) -> &str {
+        &self.route.queue
     }
 
     /// Whether the broker delivered this message before.
@@ -245,7 +302,7 @@ impl AmqpDelivery {
 
 impl IncomingMessage for AmqpDelivery {
     fn destination(&self) -> Destination<'_> {
-        Destination::new(&self.destination)
+        Destination::new(&self.route.destination)
     }
 
     fn with_headers(&self, f: &mut dyn FnMut(&dyn Extractor)) {
@@ -276,7 +333,12 @@ impl IncomingMessage for AmqpDelivery {
     }
 
     fn attributes(&self, attributes: &mut Vec<KeyValue>) {
-        routing_key_attribute(&self.delivery.routing_key, attributes);
+        if !self.route.routing_key.is_empty() {
+            attributes.push(KeyValue::new(
+                attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+                self.route.routing_key.clone(),
+            ));
+        }
         attributes.push(KeyValue::new(
             attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG,
             // Delivery tags count up from 1 per channel; i64 holds any real one.
@@ -299,6 +361,34 @@ mod tests {
         assert_eq!(delivery_destination("", "q", "q"), "q:q");
         assert_eq!(delivery_destination("ex", "", "q"), "ex:q");
         assert_eq!(delivery_destination("", "", ""), "amq.default");
+    }
+
+    #[test]
+    fn routes_fit_what_they_name() {
+        let cases = [
+            ("ex", "rk", "q"),
+            ("", "q", "q"),
+            ("ex", "", "q"),
+            ("", "", "q"),
+            ("", "", ""),
+            ("a:b", "c", "q"),
+            ("a", "b:c", "q"),
+        ];
+        for (exchange, routing_key, queue) in cases {
+            let route = Route::new(Arc::from(queue), exchange, routing_key);
+            for (e, r, q) in cases {
+                if q != queue {
+                    continue;
+                }
+                let same = delivery_destination(e, r, q)
+                    == delivery_destination(exchange, routing_key, queue)
+                    && r == routing_key;
+                assert_eq!(route.fits(e, r), same, "{exchange:?} {routing_key:?} vs {e:?} {r:?}");
+            }
+        }
+        assert!(!Route::new(Arc::from("q"), "ex", "rk").fits("ex", "rk2"));
+        assert!(!Route::new(Arc::from("q"), "ex", "rk").fits("ex2", "rk"));
+        assert!(!Route::new(Arc::from("q"), "", "rk").fits("ex", "rk"));
     }
 
     #[test]

@@ -7,13 +7,18 @@ use std::task::{Context, Poll};
 
 use lapin::{Channel, Confirmation};
 use tower::Service;
-use tracelink_core::PublishResponse;
+use tower::Layer;
+use tracelink_core::{
+    DefaultErrorType, Instrumentation, ProducerLayer, ProducerService, PublishResponse,
+};
 
 use crate::error::PublishError;
 use crate::message::Publish;
 
-/// Publishes [`Publish`] messages on a lapin [`Channel`]: the inner service of a
-/// [`ProducerLayer`](tracelink_core::ProducerLayer).
+/// Publishes [`Publish`] messages on a lapin [`Channel`]; [`traced`](AmqpPublisher::traced)
+/// puts it inside a PRODUCER `publish {destination}` span per message, whose context travels in
+/// the message headers (it is the inner service of a [`ProducerLayer`], for compositions of your
+/// own).
 ///
 /// When the channel is in confirm mode ([`Channel::confirm_select`]) the response future waits
 /// for the broker's confirmation, so the producer span covers it and a negative confirmation
@@ -51,6 +56,12 @@ impl<P> AmqpPublisher<P> {
             channel,
             payload: PhantomData,
         }
+    }
+
+    /// This publisher inside a PRODUCER span per message, with spans and metrics per
+    /// `instrumentation`: the same as `ProducerLayer::from(instrumentation).layer(self)`.
+    pub fn traced(self, instrumentation: Instrumentation) -> ProducerService<Self, DefaultErrorType> {
+        ProducerLayer::from(instrumentation).layer(self)
     }
 
     /// The channel.

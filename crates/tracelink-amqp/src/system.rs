@@ -22,15 +22,6 @@ pub fn messaging_system(uri: &str) -> MessagingSystem {
     }
 }
 
-/// The first name of [`messaging_system`].
-#[deprecated(
-    since = "0.1.0",
-    note = "renamed to `messaging_system`, as in every adapter"
-)]
-pub fn rabbitmq(uri: &str) -> MessagingSystem {
-    messaging_system(uri)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use opentelemetry::trace::{SpanId, TraceContextExt};
 use opentelemetry::Context;
 use tokio::sync::Notify;
 use tower::service_fn;
-use tracelink_amqp::{AmqpDelivery, ConsumeLoop};
+use tracelink_amqp::{AmqpConsumer, AmqpDelivery};
 use tracelink_core::Instrumentation;
 use tracelink_testkit::{
     baggage_size, check_baggage, check_process_span, corpus, w3c_propagator, Case, Expect,
@@ -230,7 +230,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
     };
     within(
         "every hostile message handled",
-        ConsumeLoop::new(consumer, instrumentation).run_until(handler, signal),
+        AmqpConsumer::new(consumer, instrumentation).run(handler, signal),
     )
     .await
     .expect("hostile headers never stop the loop");

@@ -14,7 +14,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use opentelemetry_semantic_conventions::attribute as attr;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tracelink_amqp::{messaging_system, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
+use tracelink_amqp::{messaging_system, AmqpConsumer, AmqpDelivery, AmqpPublisher, Publish};
 use tracelink_core::{Instrumentation, ProducerLayer};
 
 use crate::support::*;
@@ -115,9 +115,9 @@ async fn run() {
         let done = done.clone();
         async move { done.notified().await }
     };
-    ConsumeLoop::new(consumer, instrumentation.clone())
+    AmqpConsumer::new(consumer, instrumentation.clone())
         .with_concurrency(32)
-        .run_until(handler, signal)
+        .run(handler, signal)
         .await
         .expect("the loop ends without error");
 

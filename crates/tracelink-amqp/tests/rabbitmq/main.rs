@@ -20,11 +20,9 @@ use opentelemetry::trace::{
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_semantic_conventions::attribute as attr;
 use tokio::sync::{mpsc, Notify, Semaphore};
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tracelink_amqp::{
-    AmqpDelivery, AmqpPublisher, ConsumeError, ConsumeLoop, Publish, PublishError,
-};
-use tracelink_core::ProducerLayer;
+use tower::{service_fn, Service, ServiceExt};
+use tracelink_amqp::{AmqpConsumer, AmqpDelivery, AmqpPublisher, Publish, PublishError};
+use tracelink_core::{ConsumeError, OnFailure};
 
 use support::*;
 
@@ -32,9 +30,7 @@ fn producer(
     t: &Telemetry,
     channel: &Channel,
 ) -> impl Service<Publish, Response = tracelink_amqp::Published, Error = PublishError> {
-    ServiceBuilder::new()
-        .layer(ProducerLayer::from(t.instrumentation.clone()))
-        .service(AmqpPublisher::new(channel.clone()))
+    AmqpPublisher::new(channel.clone()).traced(t.instrumentation.clone())
 }
 
 async fn publish<S>(
@@ -137,8 +133,8 @@ async fn round_trip_links_the_process_span_to_the_publish_span() {
     let consumer = consume(&channel, &queue).await;
     within(
         "consume",
-        ConsumeLoop::new(consumer, t.instrumentation.clone())
-            .run_until(handler, countdown.signal()),
+        AmqpConsumer::new(consumer, t.instrumentation.clone())
+            .run(handler, countdown.signal()),
     )
     .await
     .expect("loop");
@@ -281,9 +277,9 @@ async fn a_failing_handler_is_nacked_requeued_and_redelivered() {
     let consumer = consume(&channel, &queue).await;
     within(
         "consume",
-        ConsumeLoop::new(consumer, t.instrumentation.clone())
+        AmqpConsumer::new(consumer, t.instrumentation.clone())
             .with_settle_spans()
-            .run_until(handler, countdown.signal()),
+            .run(handler, countdown.signal()),
     )
     .await
     .expect("loop");
@@ -333,6 +329,10 @@ async fn a_failing_handler_is_nacked_requeued_and_redelivered() {
                     .into_iter()
                     .chain([
                         KeyValue::new(attr::MESSAGING_DESTINATION_NAME, format!("{queue}:{queue}")),
+                        KeyValue::new(
+                            attr::MESSAGING_RABBITMQ_DESTINATION_ROUTING_KEY,
+                            queue.clone(),
+                        ),
                         KeyValue::new(attr::MESSAGING_RABBITMQ_MESSAGE_DELIVERY_TAG, tag),
                     ])
                     .collect()
@@ -343,7 +343,7 @@ async fn a_failing_handler_is_nacked_requeued_and_redelivered() {
 }
 
 #[tokio::test]
-async fn without_requeue_a_failed_message_goes_to_the_dead_letter_queue() {
+async fn reject_sends_a_failed_message_to_the_dead_letter_queue() {
     let t = telemetry();
     let (_connection, channel, dead) = channel_with_queue("dlq", FieldTable::default()).await;
     let queue = unique("dlx-source");
@@ -376,9 +376,9 @@ async fn without_requeue_a_failed_message_goes_to_the_dead_letter_queue() {
     let consumer = consume(&channel, &queue).await;
     within(
         "consume",
-        ConsumeLoop::new(consumer, t.instrumentation.clone())
-            .with_requeue(false)
-            .run_until(handler, countdown.signal()),
+        AmqpConsumer::new(consumer, t.instrumentation.clone())
+            .on_failure(OnFailure::Reject)
+            .run(handler, countdown.signal()),
     )
     .await
     .expect("loop");
@@ -440,9 +440,9 @@ async fn a_connection_closed_with_unacked_messages_loses_nothing() {
         })
     };
     let run = tokio::spawn(
-        ConsumeLoop::new(consumer, t.instrumentation.clone())
+        AmqpConsumer::new(consumer, t.instrumentation.clone())
             .with_concurrency(COUNT)
-            .run(handler),
+            .run(handler, std::future::pending::<()>()),
     );
     for _ in 0..COUNT {
         within("handlers start", started.recv())
@@ -464,10 +464,15 @@ async fn a_connection_closed_with_unacked_messages_loses_nothing() {
         run.await.expect("loop task")
     })
     .await;
-    assert!(
-        matches!(result, Err(ConsumeError::Consumer(_))),
-        "the loop reports the closed connection: {result:?}"
-    );
+    // The handlers' acks find their channel gone (a settle error), or the consumer's stream
+    // reports it (a receive error): either way the loop says so.
+    match &result {
+        Err(ConsumeError::Settle { error_type, .. }) => {
+            assert_eq!(error_type, "channel_closed", "{result:?}")
+        }
+        Err(ConsumeError::Receive { .. }) => {}
+        _ => panic!("the loop reports the closed connection: {result:?}"),
+    }
 
     // A new consumer receives every message again.
     let fresh = connect(&unique("fresh-consumer")).await;
@@ -488,8 +493,8 @@ async fn a_connection_closed_with_unacked_messages_loses_nothing() {
     let consumer = consume(&fresh_channel, &queue).await;
     within(
         "redelivery",
-        ConsumeLoop::new(consumer, t.instrumentation.clone())
-            .run_until(handler, countdown.signal()),
+        AmqpConsumer::new(consumer, t.instrumentation.clone())
+            .run(handler, countdown.signal()),
     )
     .await
     .expect("loop");
@@ -583,8 +588,8 @@ async fn header_values_of_other_amqp_types() {
     let consumer = consume(&channel, &queue).await;
     within(
         "consume",
-        ConsumeLoop::new(consumer, t.instrumentation.clone())
-            .run_until(handler, countdown.signal()),
+        AmqpConsumer::new(consumer, t.instrumentation.clone())
+            .run(handler, countdown.signal()),
     )
     .await
     .expect("bad headers never stop the loop");
@@ -784,9 +789,9 @@ async fn concurrency_is_bounded() {
     let consumer = consume(&channel, &queue).await;
     within(
         "consume",
-        ConsumeLoop::new(consumer, t.instrumentation.clone())
+        AmqpConsumer::new(consumer, t.instrumentation.clone())
             .with_concurrency(LIMIT)
-            .run_until(handler, countdown.signal()),
+            .run(handler, countdown.signal()),
     )
     .await
     .expect("loop");
@@ -838,8 +843,8 @@ async fn parent_mode_continues_the_producer_trace() {
     let consumer = consume(&channel, &queue).await;
     within(
         "consume",
-        ConsumeLoop::new(consumer, t.instrumentation.clone())
-            .run_until(handler, countdown.signal()),
+        AmqpConsumer::new(consumer, t.instrumentation.clone())
+            .run(handler, countdown.signal()),
     )
     .await
     .expect("loop");
