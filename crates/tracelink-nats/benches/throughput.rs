@@ -29,10 +29,10 @@ use futures_util::StreamExt;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{service_fn, Service, ServiceExt};
 use tracelink_core::propagation::W3cTraceContextPropagator;
-use tracelink_core::{ConsumerLayer, Instrumentation};
-use tracelink_nats::{Bytes, Delivery, Publish, Publisher, Subscription};
+use tracelink_core::Instrumentation;
+use tracelink_nats::{Bytes, NatsConsumer, NatsDelivery, NatsPublisher, Publish};
 
 #[derive(Debug)]
 struct Discard;
@@ -120,19 +120,16 @@ async fn run(client: &async_nats::Client, variant: Variant, count: u64) -> (f64,
             }
         })
     } else {
-        let subscription = Subscription::subscribe(client, subject.as_str())
-            .await
-            .unwrap();
+        let subscriber = client.subscribe(subject.clone()).await.unwrap();
         let received = received.clone();
-        let handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn(
-            move |delivery: Delivery| {
-                std::hint::black_box(&delivery);
-                received.fetch_add(1, Ordering::Release);
-                std::future::ready(Ok::<_, Infallible>(()))
-            },
-        ));
+        let handler = service_fn(move |delivery: NatsDelivery| {
+            std::hint::black_box(&delivery);
+            received.fetch_add(1, Ordering::Release);
+            std::future::ready(Ok::<_, Infallible>(()))
+        });
+        let consumer = NatsConsumer::new(subscriber, instrumentation.clone());
         tokio::spawn(async move {
-            let _ = subscription.run(handler).await;
+            let _ = consumer.run(handler, std::future::pending::<()>()).await;
         })
     };
     client.flush().await.unwrap();
@@ -159,7 +156,7 @@ async fn run(client: &async_nats::Client, variant: Variant, count: u64) -> (f64,
                 .unwrap();
         }
     } else {
-        let mut publisher = Publisher::traced(client.clone(), instrumentation);
+        let mut publisher = NatsPublisher::new(client.clone()).traced(instrumentation);
         for _ in 0..count {
             publisher
                 .ready()

@@ -1,67 +1,70 @@
-//! The JetStream pull-consumer loop.
+//! The JetStream pull consumer: a pull consumer as the core's [`Source`].
 
-use std::future::poll_fn;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
-use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::AckKind;
+use async_nats::{Client, Subject};
+use bytes::Bytes;
 use futures_util::StreamExt;
-use tower::Service;
-use tracelink_core::{Destination, ErrorType, Instrumentation};
+use tracelink_core::{
+    Consumer, DefaultErrorType, Destination, Received, Settlement, Settler, Source,
+};
 
 use crate::error::Error;
 use crate::message::JetStreamDelivery;
 
-/// Drives a JetStream pull consumer: fetches messages, records a CLIENT `receive {stream}` span
-/// per non-empty fetch (none for an empty one), hands each message (or each fetched batch) to a
-/// handler service, usually wrapped in a [`ConsumerLayer`](tracelink_core::ConsumerLayer) (or a
-/// [`BatchConsumerLayer`](tracelink_core::BatchConsumerLayer)), and settles it **after** the
-/// handler finished:
+/// A traced JetStream pull consumer: the core's [`Consumer`] over a [`JetStreamSource`].
 ///
-/// * handler succeeded: `ack`;
-/// * handler failed (or its `poll_ready` failed): `nak`, with the configured delay
-///   ([`with_nak_delay`](JetStreamConsumer::with_nak_delay)), so JetStream redelivers it.
+/// Each message is settled **after** its handler finished: `ack` on success; on failure, per
+/// the [`OnFailure`](tracelink_core::OnFailure) policy, `nak` (redelivered at once, or per the
+/// consumer's back-off), `nak` with a delay, or `term` (never redelivered). Messages received
+/// but not handled when the consumer stops are given back with `nak`. A message whose
+/// settlement could not be sent (connection lost) is redelivered by the server after the
+/// consumer's ack wait. With [`with_settle_spans`](Consumer::with_settle_spans), each settlement
+/// is a CLIENT span `ack {subject}`, `nak {subject}` or `term {subject}`, child of the
+/// message's `process` span.
 ///
-/// Nothing is acknowledged before its handler succeeded. A message whose settlement could not be
-/// sent (connection lost) is redelivered by the server after the consumer's ack wait.
-///
-/// Each fetch takes what the stream has ready, up to the batch size, without waiting; when
-/// nothing is ready it waits up to the expiry for the next message.
+/// A receive is one fetch ([`JetStreamSource`]); `receive {stream}` spans are on by default
+/// (one per fetch that brought messages, with a link per message). Up to 100 messages are
+/// fetched ahead of the handlers ([`with_prefetch`](Consumer::with_prefetch)).
 ///
 /// **Set `max_deliver` on consumers that read from untrusted producers.** async-nats 0.51
 /// treats a message whose header block is not UTF-8 as a protocol error: it drops the
 /// connection and reconnects, the message never reaches tracelink, and JetStream redelivers it,
 /// resetting the connection each time until `max_deliver` is reached (see
 /// `docs/RELIABILITY.md`).
-#[derive(Debug)]
-pub struct JetStreamConsumer {
+pub type JetStreamConsumer<C = DefaultErrorType> = Consumer<JetStreamSource, C>;
+
+/// A JetStream pull consumer as the source of a [`JetStreamConsumer`].
+///
+/// Each receive fetches what the stream has ready, up to the number asked for, without waiting;
+/// when nothing is ready it waits up to the expiry ([`with_expires`](JetStreamSource::with_expires),
+/// default 5 s) for the next message, and brings an empty batch when none came.
+///
+/// A failed fetch (connection lost, server restarting, pull request timed out) is retried, after
+/// a pause growing from 100 ms to 2 s, while fetches keep failing for less than
+/// [`with_retry_for`](JetStreamSource::with_retry_for) (default 60 s); then the consumer stops
+/// with the error.
+#[derive(Debug, Clone)]
+pub struct JetStreamSource {
     consumer: PullConsumer,
-    instrumentation: Instrumentation,
     stream: String,
-    batch_size: usize,
     expires: Duration,
-    nak_delay: Option<Duration>,
+    retry_for: Duration,
 }
 
-impl JetStreamConsumer {
-    /// Consumes from `consumer`; receive spans come from `instrumentation`.
-    pub fn new(consumer: PullConsumer, instrumentation: Instrumentation) -> Self {
+impl JetStreamSource {
+    /// A source fetching from `consumer`.
+    pub fn new(consumer: PullConsumer) -> Self {
         let stream = consumer.cached_info().stream_name.clone();
         Self {
             consumer,
-            instrumentation,
             stream,
-            batch_size: 100,
             expires: Duration::from_secs(5),
-            nak_delay: None,
+            retry_for: Duration::from_secs(60),
         }
-    }
-
-    /// Fetches at most `size` messages at a time (default 100; at least 1).
-    pub fn with_batch_size(mut self, size: usize) -> Self {
-        self.batch_size = size.max(1);
-        self
     }
 
     /// How long a fetch waits for a message when none is ready (default 5 s).
@@ -70,10 +73,10 @@ impl JetStreamConsumer {
         self
     }
 
-    /// Asks JetStream to wait `delay` before redelivering a message whose handler failed
-    /// (default: redeliver at once, or per the consumer's back-off).
-    pub fn with_nak_delay(mut self, delay: Duration) -> Self {
-        self.nak_delay = Some(delay);
+    /// How long fetches may keep failing before the consumer stops (default 60 s; zero: the
+    /// first failure stops it).
+    pub fn with_retry_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
         self
     }
 
@@ -82,33 +85,23 @@ impl JetStreamConsumer {
         &self.consumer
     }
 
-    async fn fetch(&mut self) -> Result<Vec<(JetStreamDelivery, Acker)>, Error> {
-        let started = SystemTime::now();
-        let result = self.fetch_from(started).await;
-        if let Err(error) = &result {
-            self.instrumentation.receive_failed(
-                Destination::new(&self.stream),
-                started,
-                error.error_type(),
-            );
-        }
-        result
+    /// The stream's name (the destination of `receive` spans).
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 
-    async fn fetch_from(
-        &mut self,
-        started: SystemTime,
-    ) -> Result<Vec<(JetStreamDelivery, Acker)>, Error> {
+    /// One fetch: what is ready, up to `max`; else up to the expiry for one message.
+    async fn fetch(&self, max: usize) -> Result<Vec<JetStreamDelivery>, Error> {
         let mut batch = self
             .consumer
             .fetch()
-            .max_messages(self.batch_size)
+            .max_messages(max)
             // Bounds the wait for the answer too: a pull request lost with the connection
-            // must not hang the loop.
+            // must not hang the consumer.
             .expires(self.expires)
             .messages()
             .await?;
-        let mut messages = collect(&mut batch).await?;
+        let mut messages = collect(&mut batch, max).await?;
         if messages.is_empty() {
             let mut batch = self
                 .consumer
@@ -117,108 +110,67 @@ impl JetStreamConsumer {
                 .expires(self.expires)
                 .messages()
                 .await?;
-            messages = collect(&mut batch).await?;
+            messages = collect(&mut batch, 1).await?;
         }
-        let deliveries: Vec<JetStreamDelivery> =
-            messages.into_iter().map(JetStreamDelivery::new).collect();
-        let destination = Destination::new(&self.stream);
-        if let Some(span) = self
-            .instrumentation
-            .receive_span(destination, started, &deliveries)
-        {
-            span.end();
-        }
-        Ok(deliveries
-            .into_iter()
-            .map(|d| {
-                let acker = Acker::new(d.message.context.clone(), d.message.reply.clone());
-                (d, acker)
-            })
-            .collect())
+        Ok(messages)
+    }
+}
+
+impl From<PullConsumer> for JetStreamSource {
+    fn from(consumer: PullConsumer) -> Self {
+        Self::new(consumer)
+    }
+}
+
+impl Source for JetStreamSource {
+    type Message = JetStreamDelivery;
+    type Error = Error;
+    type Settler = JetStreamSettler;
+
+    fn settler(&self) -> JetStreamSettler {
+        JetStreamSettler::default()
     }
 
-    async fn settle(&self, acker: &Acker, succeeded: bool) -> Result<(), Error> {
-        let kind = if succeeded {
-            AckKind::Ack
-        } else {
-            AckKind::Nak(self.nak_delay)
-        };
-        acker.ack_with(kind).await.map_err(Error::Ack)
-    }
-
-    /// Fetches once and hands each message to `handler`, in order, settling each after its
-    /// handler finished. Returns how many messages were fetched (0 when none arrived before the
-    /// expiry).
-    pub async fn process_next<S>(&mut self, handler: &mut S) -> Result<usize, Error>
-    where
-        S: Service<JetStreamDelivery>,
-    {
-        let messages = self.fetch().await?;
-        let count = messages.len();
-        for (delivery, acker) in messages {
-            let succeeded = match poll_fn(|cx| handler.poll_ready(cx)).await {
-                Ok(()) => handler.call(delivery).await.is_ok(),
-                Err(_) => false,
-            };
-            self.settle(&acker, succeeded).await?;
-        }
-        Ok(count)
-    }
-
-    /// Fetches once and hands the whole fetch to `handler` as one batch (wrap it in a
-    /// [`BatchConsumerLayer`](tracelink_core::BatchConsumerLayer): one `process` span with one
-    /// link per message); acks every message when it succeeded, naks every one when it failed.
-    /// An empty fetch does not call the handler.
-    pub async fn process_next_batch<S>(&mut self, handler: &mut S) -> Result<usize, Error>
-    where
-        S: Service<Vec<JetStreamDelivery>>,
-    {
-        let messages = self.fetch().await?;
-        let count = messages.len();
-        if count == 0 {
-            return Ok(0);
-        }
-        let (deliveries, ackers): (Vec<_>, Vec<_>) = messages.into_iter().unzip();
-        let succeeded = match poll_fn(|cx| handler.poll_ready(cx)).await {
-            Ok(()) => handler.call(deliveries).await.is_ok(),
-            Err(_) => false,
-        };
-        for acker in &ackers {
-            self.settle(acker, succeeded).await?;
-        }
-        Ok(count)
-    }
-
-    /// Runs [`process_next`](JetStreamConsumer::process_next) until fetching or settling fails,
-    /// and returns that error (call it again to resume: unsettled messages are redelivered).
-    pub async fn run<S>(&mut self, mut handler: S) -> Result<(), Error>
-    where
-        S: Service<JetStreamDelivery>,
-    {
+    async fn receive(self, max: usize) -> (Self, Result<Received<JetStreamDelivery>, Error>) {
+        let mut failing_since = None;
+        let mut pause = Duration::from_millis(100);
         loop {
-            self.process_next(&mut handler).await?;
+            match self.fetch(max.max(1)).await {
+                Ok(messages) => return (self, Ok(Received::Batch(messages))),
+                Err(error) => {
+                    let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() >= self.retry_for {
+                        return (self, Err(error));
+                    }
+                    // The client reconnects by itself: ask again.
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
         }
     }
 
-    /// Runs [`process_next_batch`](JetStreamConsumer::process_next_batch) until fetching or
-    /// settling fails, and returns that error.
-    pub async fn run_batches<S>(&mut self, mut handler: S) -> Result<(), Error>
-    where
-        S: Service<Vec<JetStreamDelivery>>,
-    {
-        loop {
-            self.process_next_batch(&mut handler).await?;
-        }
+    fn destination(&self) -> Option<Destination<'_>> {
+        Some(Destination::new(&self.stream))
+    }
+
+    fn default_prefetch(&self) -> usize {
+        100
+    }
+
+    fn receive_spans_by_default(&self) -> bool {
+        true
     }
 }
 
 async fn collect(
     batch: &mut async_nats::jetstream::consumer::pull::Batch,
-) -> Result<Vec<async_nats::jetstream::Message>, Error> {
-    let mut messages = Vec::new();
+    max: usize,
+) -> Result<Vec<JetStreamDelivery>, Error> {
+    let mut messages = Vec::with_capacity(max.min(16));
     while let Some(item) = batch.next().await {
         match item {
-            Ok(message) => messages.push(message),
+            Ok(message) => messages.push(JetStreamDelivery::new(message)),
             // Messages already received are valid deliveries: handle them; the next fetch
             // reports the failure if it persists.
             Err(_) if !messages.is_empty() => break,
@@ -226,4 +178,75 @@ async fn collect(
         }
     }
     Ok(messages)
+}
+
+/// Settles JetStream messages by publishing to their reply subject: `ack` (`+ACK`), `nak`
+/// (`-NAK`, with a delay when the policy gives one; also for messages given back unhandled) and
+/// `term` (`+TERM`). Acknowledgements are not confirmed by the server (as async-nats'
+/// `Acker::ack_with`).
+#[derive(Debug, Default)]
+pub struct JetStreamSettler {
+    // Taken from the first message: one client per consumer, not one clone per message.
+    client: OnceLock<Arc<Client>>,
+}
+
+/// What a [`JetStreamSettler`] keeps of a message: its reply (ack) subject.
+#[derive(Debug)]
+pub struct JetStreamReceipt {
+    client: Arc<Client>,
+    reply: Option<Subject>,
+}
+
+fn ack_kind(settlement: Settlement) -> AckKind {
+    match settlement {
+        Settlement::Ack => AckKind::Ack,
+        Settlement::Redeliver { delay } => AckKind::Nak(delay),
+        Settlement::Reject => AckKind::Term,
+        // `Settlement` is non-exhaustive: `Release` and anything new give the message back.
+        _ => AckKind::Nak(None),
+    }
+}
+
+impl Settler<JetStreamDelivery> for JetStreamSettler {
+    type Receipt = JetStreamReceipt;
+    type Error = Error;
+
+    fn receipt(&self, message: &JetStreamDelivery) -> JetStreamReceipt {
+        let client = self
+            .client
+            .get_or_init(|| Arc::new(message.message.context.client()));
+        JetStreamReceipt {
+            client: Arc::clone(client),
+            reply: message.message.reply.clone(),
+        }
+    }
+
+    fn operation(&self, settlement: Settlement) -> Option<&'static str> {
+        Some(match ack_kind(settlement) {
+            AckKind::Ack => "ack",
+            AckKind::Term => "term",
+            _ => "nak",
+        })
+    }
+
+    fn settle(
+        &self,
+        receipt: JetStreamReceipt,
+        settlement: Settlement,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send + 'static + use<> {
+        let kind = ack_kind(settlement);
+        async move {
+            let JetStreamReceipt { client, reply } = receipt;
+            let Some(reply) = reply else {
+                return Err(Error::Ack(Box::new(std::io::Error::other(
+                    "no reply subject, not a JetStream message",
+                ))));
+            };
+            let payload: Bytes = kind.into();
+            client
+                .publish(reply, payload)
+                .await
+                .map_err(|e| Error::Ack(Box::new(e)))
+        }
+    }
 }

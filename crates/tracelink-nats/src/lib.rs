@@ -2,18 +2,21 @@
 //! [async-nats](https://docs.rs/async-nats): traces that survive core NATS publish/subscribe,
 //! request/reply and JetStream.
 //!
-//! * **Carriers**: [`HeaderInjector`] / [`HeaderExtractor`] over [`async_nats::HeaderMap`]. Names
-//!   match case-insensitively (Go clients send `Traceparent`), a header repeated with conflicting
-//!   values reads as absent, the user's headers are kept.
-//! * **Messages**: [`Publish`] (outgoing, core or JetStream), [`Delivery`] (core, with its queue
-//!   group) and [`JetStreamDelivery`] (with consumer name and delivery count).
-//! * **Publishing**: tower services [`Publisher`], [`Requester`] and [`JetStreamPublisher`] to
-//!   wrap in a [`ProducerLayer`](tracelink_core::ProducerLayer) (each has a `traced`
-//!   constructor): a PRODUCER span `publish {subject}` whose context travels in the headers.
-//! * **Consuming**: [`Subscription`] (plain or queue group) and [`JetStreamConsumer`] (pull; ack
-//!   after success, nak on failure) drive a handler wrapped in a
-//!   [`ConsumerLayer`](tracelink_core::ConsumerLayer): a CONSUMER span `process {subject}` in a
-//!   new trace, linked to the producer span.
+//! * **Carriers** ([`carrier`]): [`HeaderInjector`] / [`HeaderExtractor`] over
+//!   [`async_nats::HeaderMap`]. Names match case-insensitively (Go clients send `Traceparent`),
+//!   a header repeated with conflicting values reads as absent, the user's headers are kept.
+//! * **Messages**: [`Publish`] (outgoing, core or JetStream), [`NatsDelivery`] (core, with its
+//!   queue group) and [`JetStreamDelivery`] (with consumer name and delivery count).
+//! * **Publishing**: [`NatsPublisher`], [`Requester`] and [`JetStreamPublisher`], each with
+//!   `new(client)` and `.traced(instrumentation)`: a tower service with a PRODUCER span
+//!   `publish {subject}` whose context travels in the headers.
+//! * **Consuming**: [`NatsConsumer`] (a core subscription, plain or in a queue group) and
+//!   [`JetStreamConsumer`] (a pull consumer) are the core's
+//!   [`Consumer`](tracelink_core::Consumer) over [`NatsSource`] and [`JetStreamSource`]:
+//!   `new(subscriber_or_pull_consumer, instrumentation)`, the core's builder methods, then
+//!   `run(handler, shutdown)` (or `run_batches` on JetStream). The handler is a plain tower
+//!   service; each message is handled in a CONSUMER span `process {subject}` in a new trace,
+//!   linked to the producer span.
 //! * **Request/reply**: [`Requester`] on one side, [`ResponderLayer`] on the other: the
 //!   responder's `process` span is a *child* of the requester's span (the caller waits for the
 //!   answer), and the reply is published from inside it.
@@ -26,9 +29,9 @@
 //! # Quick start
 //!
 //! ```no_run
-//! use tower::{service_fn, Layer, Service, ServiceExt};
-//! use tracelink_core::{ConsumerLayer, Instrumentation};
-//! use tracelink_nats::{Delivery, Publish, Publisher, Subscription};
+//! use tower::{service_fn, Service, ServiceExt};
+//! use tracelink_core::Instrumentation;
+//! use tracelink_nats::{NatsConsumer, NatsDelivery, NatsPublisher, Publish};
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -38,18 +41,22 @@
 //! let instrumentation = Instrumentation::new(tracelink_nats::messaging_system(url));
 //!
 //! // Consume: a `process orders` span per message, linked to its producer span.
-//! let subscription = Subscription::subscribe(&client, "orders").await?;
-//! let handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn(
-//!     |delivery: Delivery| async move {
-//!         println!("got {} bytes", delivery.message.payload.len());
-//!         Ok::<_, std::convert::Infallible>(())
-//!     },
-//! ));
-//! tokio::spawn(subscription.run(handler));
+//! let subscriber = client.subscribe("orders").await?;
+//! let handler = service_fn(|delivery: NatsDelivery| async move {
+//!     println!("got {} bytes", delivery.message.payload.len());
+//!     Ok::<_, std::convert::Infallible>(())
+//! });
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let consumer = tokio::spawn(
+//!     NatsConsumer::new(subscriber, instrumentation.clone()).run(handler, stopped),
+//! );
 //!
 //! // Publish: a `publish orders` span, its context in the message headers.
-//! let mut publisher = Publisher::traced(client.clone(), instrumentation);
+//! let mut publisher = NatsPublisher::new(client.clone()).traced(instrumentation);
 //! publisher.ready().await?.call(Publish::new("orders", "hello")).await?;
+//!
+//! let _ = stop.send(());
+//! consumer.await??;
 //! # Ok(())
 //! # }
 //! ```
@@ -57,10 +64,14 @@
 //! JetStream:
 //!
 //! ```no_run
+//! use std::time::Duration;
+//!
 //! use async_nats::jetstream::{self, consumer::pull, stream};
-//! use tower::{service_fn, Layer, Service, ServiceExt};
-//! use tracelink_core::{ConsumerLayer, Instrumentation};
-//! use tracelink_nats::{JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, Publish};
+//! use tower::{service_fn, Service, ServiceExt};
+//! use tracelink_core::{Instrumentation, OnFailure};
+//! use tracelink_nats::{
+//!     JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, JetStreamSource, Publish,
+//! };
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -75,7 +86,7 @@
 //!     })
 //!     .await?;
 //!
-//! let mut publisher = JetStreamPublisher::traced(js.clone(), instrumentation.clone());
+//! let mut publisher = JetStreamPublisher::new(js.clone()).traced(instrumentation.clone());
 //! let ack = publisher
 //!     .ready()
 //!     .await?
@@ -89,16 +100,37 @@
 //!         ..Default::default()
 //!     })
 //!     .await?;
-//! let handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn(
-//!     |delivery: JetStreamDelivery| async move {
-//!         println!("attempt {:?}", delivery.delivered());
-//!         Ok::<_, std::io::Error>(()) // Err: nak, redelivered
-//!     },
-//! ));
-//! JetStreamConsumer::new(consumer, instrumentation).run(handler).await?;
+//! let handler = service_fn(|delivery: JetStreamDelivery| async move {
+//!     println!("attempt {:?}", delivery.delivered());
+//!     Ok::<_, std::io::Error>(()) // Err: nak, redelivered after 1 s
+//! });
+//! let source = JetStreamSource::new(consumer).with_expires(Duration::from_secs(2));
+//! JetStreamConsumer::new(source, instrumentation)
+//!     .with_concurrency(8)
+//!     .on_failure(OnFailure::RedeliverAfter(Duration::from_secs(1)))
+//!     .with_settle_spans()
+//!     .run(handler, std::future::pending::<()>())
+//!     .await?;
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Failure policy
+//!
+//! What each [`OnFailure`](tracelink_core::OnFailure) policy does with a failed handler's
+//! message, and what happens to messages received but not handled when the consumer stops
+//! (`Release`):
+//!
+//! | policy | JetStream | core NATS |
+//! |---|---|---|
+//! | `Redeliver` (default) | `nak`: redelivered at once (or per the consumer's `backoff`) | nothing: core NATS has no acknowledgement, the message is not redelivered (at most once) |
+//! | `RedeliverAfter(d)` | `nak` with delay `d` | nothing (at most once) |
+//! | `Reject` | `term`: never redelivered | nothing (at most once) |
+//! | `Stop` | `nak`, then the consumer stops and `run` returns `ConsumeError::Handler` | nothing; the consumer stops and `run` returns `ConsumeError::Handler` |
+//! | given back on stop (`Release`) | `nak` without delay: redelivered at once to any consumer | lost (at most once) |
+//!
+//! Settle spans ([`with_settle_spans`](tracelink_core::Consumer::with_settle_spans)) are
+//! `ack`, `nak` and `term` on JetStream; core NATS makes no settle call, so has none.
 //!
 //! # Customisation
 //!
@@ -106,10 +138,10 @@
 //! tracer and meter providers, propagator (B3, Jaeger, X-Ray work unchanged), link mode, span
 //! names, header capture, baggage policy. [`messaging_system`] builds the
 //! [`MessagingSystem`] (`nats`, operation `publish`,
-//! `server.address`/`server.port` from the URL). On the JetStream loop: batch size, fetch expiry
-//! and nak delay; [`JetStreamConsumer::process_next_batch`] hands a whole fetch to a
-//! [`BatchConsumerLayer`](tracelink_core::BatchConsumerLayer)-wrapped handler. The services are
-//! plain tower services: add timeouts, retries or concurrency limits around them.
+//! `server.address`/`server.port` from the URL). The consumers take the core's builder methods
+//! (concurrency, prefetch, failure policy, settle and receive spans, batches); the JetStream
+//! source its fetch expiry ([`JetStreamSource::with_expires`]). The publishers are plain tower
+//! services: add timeouts, retries or concurrency limits around them.
 //!
 //! # Cargo features
 //!
@@ -122,24 +154,24 @@
 #![deny(unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-mod carrier;
+pub mod carrier;
 mod error;
 mod jetstream;
 mod message;
 mod publish;
 mod responder;
-mod subscriber;
+mod source;
 
 pub use carrier::{HeaderExtractor, HeaderInjector};
 pub use error::Error;
-pub use jetstream::JetStreamConsumer;
+pub use jetstream::{JetStreamConsumer, JetStreamReceipt, JetStreamSettler, JetStreamSource};
 pub use message::{
-    subject_destination, Delivery, JetStreamAck, JetStreamDelivery, Publish, Reply, DELIVERY_COUNT,
-    INBOX_PREFIX, INBOX_TEMPLATE,
+    subject_destination, JetStreamAck, JetStreamDelivery, NatsDelivery, Publish, Reply,
+    DELIVERY_COUNT, INBOX_PREFIX, INBOX_TEMPLATE,
 };
-pub use publish::{JetStreamPublisher, Publisher, Requester};
+pub use publish::{JetStreamPublisher, NatsPublisher, Requester};
 pub use responder::{Responder, ResponderError, ResponderLayer};
-pub use subscriber::Subscription;
+pub use source::{NatsConsumer, NatsSettler, NatsSource};
 
 /// Re-exported so users name the same version.
 pub use async_nats;
@@ -162,15 +194,6 @@ pub fn messaging_system(url: &str) -> MessagingSystem {
         Some((host, port)) => system.with_server(host, Some(port)),
         None => system,
     }
-}
-
-/// The first name of [`messaging_system`].
-#[deprecated(
-    since = "0.1.0",
-    note = "renamed to `messaging_system`, as in every adapter"
-)]
-pub fn system(url: &str) -> MessagingSystem {
-    messaging_system(url)
 }
 
 /// The first server of a NATS URL (list), with NATS's default port when none is given.

@@ -1,4 +1,4 @@
-//! NATS messages as the core sees them: outgoing [`Publish`], incoming [`Delivery`] and
+//! NATS messages as the core sees them: outgoing [`Publish`], incoming [`NatsDelivery`] and
 //! [`JetStreamDelivery`], and the publish responses [`Reply`] and [`JetStreamAck`].
 
 use std::borrow::Cow;
@@ -122,13 +122,13 @@ impl OutgoingMessage for Publish {
 
 /// A message received on a core NATS subscription, with the queue group it was received in.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub struct NatsDelivery {
     /// The message as async-nats delivered it.
     pub message: async_nats::Message,
     queue_group: Option<Arc<str>>,
 }
 
-impl Delivery {
+impl NatsDelivery {
     /// Wraps `message`, received through `queue_group` when there is one.
     pub fn new(message: async_nats::Message, queue_group: Option<Arc<str>>) -> Self {
         Self {
@@ -155,7 +155,7 @@ fn with_headers(headers: Option<&HeaderMap>, f: &mut dyn FnMut(&dyn Extractor)) 
     }
 }
 
-impl IncomingMessage for Delivery {
+impl IncomingMessage for NatsDelivery {
     fn destination(&self) -> Destination<'_> {
         subject_destination(self.message.subject.as_str())
     }

@@ -15,15 +15,15 @@ use crate::message::{JetStreamAck, Publish, Reply};
 /// Publishes [`Publish`] messages on core NATS. Answers `()` once the message is handed to the
 /// client's connection (core NATS has no broker acknowledgement).
 ///
-/// Wrap it in a [`ProducerLayer`] for a PRODUCER span `publish {subject}` per message, or use
-/// [`Publisher::traced`].
+/// [`traced`](NatsPublisher::traced) wraps it in a [`ProducerLayer`]: a PRODUCER span
+/// `publish {subject}` per message, its context in the message headers.
 #[derive(Debug, Clone)]
-pub struct Publisher {
+pub struct NatsPublisher {
     // Shared, not cloned per message: a `Client` clone touches several reference counts.
     client: Arc<async_nats::Client>,
 }
 
-impl Publisher {
+impl NatsPublisher {
     /// A publisher over `client`.
     pub fn new(client: async_nats::Client) -> Self {
         Self {
@@ -31,16 +31,16 @@ impl Publisher {
         }
     }
 
-    /// A publisher over `client` wrapped in a [`ProducerLayer`] built from `instrumentation`.
+    /// This publisher wrapped in a [`ProducerLayer`] built from `instrumentation`.
     pub fn traced(
-        client: async_nats::Client,
+        self,
         instrumentation: Instrumentation,
     ) -> ProducerService<Self, DefaultErrorType> {
-        ProducerLayer::from(instrumentation).layer(Self::new(client))
+        ProducerLayer::from(instrumentation).layer(self)
     }
 }
 
-impl Service<Publish> for Publisher {
+impl Service<Publish> for NatsPublisher {
     type Response = ();
     type Error = Error;
     type Future = BoxFuture<'static, Result<(), Error>>;
@@ -81,7 +81,7 @@ impl Service<Publish> for Publisher {
 
 /// Sends [`Publish`] messages as requests and answers their [`Reply`].
 ///
-/// Wrapped in a [`ProducerLayer`] ([`Requester::traced`]), the PRODUCER span `publish {subject}`
+/// Wrapped in a [`ProducerLayer`] ([`traced`](Requester::traced)), the PRODUCER span `publish {subject}`
 /// lasts until the reply arrives (or the request fails with `error.type` such as `timed_out` or
 /// `no_responders`), and its context travels with the request: a [`Responder`](crate::Responder)
 /// makes its `process` span a child of it. The message's `reply` field is ignored: the client
@@ -97,12 +97,12 @@ impl Requester {
         Self { client }
     }
 
-    /// A requester over `client` wrapped in a [`ProducerLayer`] built from `instrumentation`.
+    /// This requester wrapped in a [`ProducerLayer`] built from `instrumentation`.
     pub fn traced(
-        client: async_nats::Client,
+        self,
         instrumentation: Instrumentation,
     ) -> ProducerService<Self, DefaultErrorType> {
-        ProducerLayer::from(instrumentation).layer(Self::new(client))
+        ProducerLayer::from(instrumentation).layer(self)
     }
 }
 
@@ -147,12 +147,12 @@ impl JetStreamPublisher {
         Self { context }
     }
 
-    /// A JetStream publisher wrapped in a [`ProducerLayer`] built from `instrumentation`.
+    /// This publisher wrapped in a [`ProducerLayer`] built from `instrumentation`.
     pub fn traced(
-        context: async_nats::jetstream::Context,
+        self,
         instrumentation: Instrumentation,
     ) -> ProducerService<Self, DefaultErrorType> {
-        ProducerLayer::from(instrumentation).layer(Self::new(context))
+        ProducerLayer::from(instrumentation).layer(self)
     }
 }
 

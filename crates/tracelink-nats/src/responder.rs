@@ -7,46 +7,47 @@ use std::task::{Context as TaskContext, Poll};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tower::{Layer, Service};
-use tracelink_core::{
-    ConsumerLayer, ConsumerService, DefaultErrorType, ErrorType, Instrumentation, LinkMode,
-    ProducerLayer, ProducerService,
-};
+use tracelink_core::{DefaultErrorType, ErrorType, Instrumentation, LinkMode, ProducerService};
 
 use crate::error::Error;
-use crate::message::{Delivery, Publish};
-use crate::publish::Publisher;
+use crate::message::{NatsDelivery, Publish};
+use crate::publish::NatsPublisher;
+use crate::source::{NatsConsumer, NatsSource};
 
-/// Serves NATS requests: wraps a handler that turns a request [`Delivery`] into the reply payload
-/// ([`Bytes`]) in a CONSUMER `process {subject}` span that is a **child** of the requester's span
-/// (the requester waits for the answer, so this is one causal chain, not a link; the link is
-/// kept too), and publishes the reply from inside that span, with a PRODUCER span
-/// `publish _INBOX.*` of its own.
+/// Serves NATS requests: wraps a handler that turns a request [`NatsDelivery`] into the reply
+/// payload ([`Bytes`]) in a [`Responder`], which publishes the answer to the request's reply
+/// subject from inside the `process` span, with a PRODUCER span `publish _INBOX.*` of its own.
 ///
-/// The layer always uses [`LinkMode::Parent`], whatever the given instrumentation says (the
+/// Run the responder on the consumer [`consumer`](ResponderLayer::consumer) makes: its `process
+/// {subject}` span is a **child** of the requester's span (the requester waits for the answer,
+/// so this is one causal chain, not a link; the link is kept too), because that consumer's
+/// instrumentation is in [`LinkMode::Parent`], whatever the given instrumentation says (the
 /// rest of its configuration is kept).
 ///
 /// ```no_run
 /// # use tower::{service_fn, Layer};
-/// # use tracelink_core::{Instrumentation, opentelemetry::trace::TraceContextExt};
-/// # use tracelink_nats::{ResponderLayer, Subscription, Delivery};
+/// # use tracelink_core::Instrumentation;
+/// # use tracelink_nats::{NatsDelivery, ResponderLayer};
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = async_nats::connect("nats://127.0.0.1:4222").await?;
-/// let layer = ResponderLayer::new(
-///     client.clone(),
-///     &Instrumentation::new(tracelink_nats::messaging_system("nats://127.0.0.1:4222")),
-/// );
-/// let handler = layer.layer(service_fn(|request: Delivery| async move {
+/// let instrumentation =
+///     Instrumentation::new(tracelink_nats::messaging_system("nats://127.0.0.1:4222"));
+/// let responder = ResponderLayer::new(client.clone(), &instrumentation);
+/// let handler = responder.layer(service_fn(|request: NatsDelivery| async move {
 ///     Ok::<_, std::convert::Infallible>(request.message.payload.clone())
 /// }));
-/// Subscription::subscribe(&client, "echo").await?.run(handler).await?;
+/// responder
+///     .consumer(client.subscribe("echo").await?)
+///     .run(handler, std::future::pending::<()>())
+///     .await?;
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Debug, Clone)]
 pub struct ResponderLayer {
     instrumentation: Instrumentation,
-    replier: ProducerService<Publisher, DefaultErrorType>,
+    replier: ProducerService<NatsPublisher, DefaultErrorType>,
 }
 
 impl ResponderLayer {
@@ -54,11 +55,17 @@ impl ResponderLayer {
     /// [`LinkMode::Parent`].
     pub fn new(client: async_nats::Client, instrumentation: &Instrumentation) -> Self {
         let instrumentation = instrumentation.with_link_mode(LinkMode::Parent);
-        let replier = ProducerLayer::from(instrumentation.clone()).layer(Publisher::new(client));
+        let replier = NatsPublisher::new(client).traced(instrumentation.clone());
         Self {
             instrumentation,
             replier,
         }
+    }
+
+    /// The consumer to run the responder on: `source` (a subscriber, or a [`NatsSource`] in a
+    /// queue group) with this layer's instrumentation, in [`LinkMode::Parent`].
+    pub fn consumer(&self, source: impl Into<NatsSource>) -> NatsConsumer {
+        NatsConsumer::new(source, self.instrumentation.clone())
     }
 
     /// The instrumentation the layer uses (in [`LinkMode::Parent`]).
@@ -68,22 +75,23 @@ impl ResponderLayer {
 }
 
 impl<S> Layer<S> for ResponderLayer {
-    type Service = ConsumerService<Responder<S>, DefaultErrorType>;
+    type Service = Responder<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ConsumerLayer::from(self.instrumentation.clone()).layer(Responder {
+        Responder {
             inner,
             replier: self.replier.clone(),
-        })
+        }
     }
 }
 
 /// The handler wrapper made by [`ResponderLayer`]: calls the handler, then publishes its answer
-/// to the request's reply subject.
+/// to the request's reply subject (a request without one fails with
+/// [`Error::NoReplySubject`](crate::Error::NoReplySubject)).
 #[derive(Debug, Clone)]
 pub struct Responder<S> {
     inner: S,
-    replier: ProducerService<Publisher, DefaultErrorType>,
+    replier: ProducerService<NatsPublisher, DefaultErrorType>,
 }
 
 /// Why a [`Responder`] did not answer.
@@ -106,9 +114,9 @@ impl<E: ErrorType> ErrorType for ResponderError<E> {
     }
 }
 
-impl<S> Service<Delivery> for Responder<S>
+impl<S> Service<NatsDelivery> for Responder<S>
 where
-    S: Service<Delivery, Response = Bytes>,
+    S: Service<NatsDelivery, Response = Bytes>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -120,7 +128,7 @@ where
         self.inner.poll_ready(cx).map_err(ResponderError::Handler)
     }
 
-    fn call(&mut self, request: Delivery) -> Self::Future {
+    fn call(&mut self, request: NatsDelivery) -> Self::Future {
         let Some(reply) = request.message.reply.clone() else {
             return Box::pin(async { Err(Error::NoReplySubject.into()) });
         };

@@ -8,8 +8,10 @@ use async_nats::HeaderMap;
 use opentelemetry::trace::{SpanId, SpanKind, Status, TraceId};
 use tokio::sync::mpsc;
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tracelink_core::ConsumerLayer;
-use tracelink_nats::{Delivery, Publish, Publisher, Requester, ResponderLayer, Subscription};
+use tracelink_core::{ConsumeError, Instrumentation, OnFailure};
+use tracelink_nats::{
+    NatsConsumer, NatsDelivery, NatsPublisher, NatsSource, Publish, Requester, ResponderLayer,
+};
 
 use crate::support::{self, assert_kind, attributes, common, expected, Telemetry};
 
@@ -29,29 +31,28 @@ async fn publish_subscribe_round_trip_links_to_the_producer() {
     let instrumentation = telemetry.instrumentation(&url);
     let subject = support::unique("orders");
 
-    let mut subscription = Subscription::subscribe(&client, subject.as_str())
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
+    let subscriber = client.subscribe(subject.clone()).await.unwrap();
+    support::round_trip(&client).await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn(
-        move |delivery: Delivery| {
-            let tx = tx.clone();
-            async move {
-                let user = delivery
-                    .message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("user").map(|v| v.as_str().to_owned()));
-                tx.send((delivery.message.payload.clone(), user)).unwrap();
-                Ok::<_, std::convert::Infallible>(())
-            }
-        },
-    ));
+    let handler = service_fn(move |delivery: NatsDelivery| {
+        let tx = tx.clone();
+        async move {
+            let user = delivery
+                .message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("user").map(|v| v.as_str().to_owned()));
+            tx.send((delivery.message.payload.clone(), user)).unwrap();
+            Ok::<_, std::convert::Infallible>(())
+        }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let consumer =
+        tokio::spawn(NatsConsumer::new(subscriber, instrumentation.clone()).run(handler, stopped));
 
     let mut headers = HeaderMap::new();
     headers.insert("user", "kept");
-    let mut publisher = Publisher::traced(client.clone(), instrumentation);
+    let mut publisher = NatsPublisher::new(client.clone()).traced(instrumentation);
     publisher
         .ready()
         .await
@@ -60,12 +61,9 @@ async fn publish_subscribe_round_trip_links_to_the_producer() {
         .await
         .unwrap();
 
-    subscription
-        .process_next(&mut handler)
-        .await
-        .unwrap()
-        .unwrap();
     let (payload, user) = rx.recv().await.unwrap();
+    stop.send(()).unwrap();
+    consumer.await.unwrap().unwrap();
     assert_eq!(&payload[..], b"hello");
     assert_eq!(user.as_deref(), Some("kept"), "the user's headers are kept");
 
@@ -138,10 +136,8 @@ async fn go_style_header_names_are_read() {
     let client = support::connect().await;
     let telemetry = Telemetry::new();
     let subject = support::unique("go");
-    let mut subscription = Subscription::subscribe(&client, subject.as_str())
-        .await
-        .unwrap();
-    client.flush().await.unwrap();
+    let subscriber = client.subscribe(subject.clone()).await.unwrap();
+    support::round_trip(&client).await;
 
     // What a Go client sends: canonicalised `Traceparent`.
     let mut headers = HeaderMap::new();
@@ -154,13 +150,18 @@ async fn go_style_header_names_are_read() {
         .await
         .unwrap();
 
-    let mut handler = ConsumerLayer::from(telemetry.instrumentation(&url)).layer(service_fn(
-        |_: Delivery| async { Ok::<_, std::convert::Infallible>(()) },
-    ));
-    subscription
-        .process_next(&mut handler)
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let handler = service_fn(move |_: NatsDelivery| {
+        if let Some(tx) = tx.lock().unwrap().take() {
+            tx.send(()).unwrap();
+        }
+        async { Ok::<_, std::convert::Infallible>(()) }
+    });
+    // Stops once the one message was handled (and finishes handling it first).
+    NatsConsumer::new(subscriber, telemetry.instrumentation(&url))
+        .run(handler, rx)
         .await
-        .unwrap()
         .unwrap();
 
     let consumer = telemetry
@@ -192,25 +193,27 @@ async fn queue_group_delivers_each_message_once_and_records_the_group() {
     let handled = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        let subscription = Subscription::queue_subscribe(&client, subject.as_str(), group.as_str())
+        let source = NatsSource::queue_subscribe(&client, subject.as_str(), group.as_str())
             .await
             .unwrap();
         let handled = handled.clone();
-        let handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn(
-            move |delivery: Delivery| {
-                let handled = handled.clone();
-                async move {
-                    assert!(delivery.queue_group().is_some());
-                    handled.fetch_add(1, Ordering::SeqCst);
-                    Ok::<_, std::convert::Infallible>(())
-                }
-            },
+        let handler = service_fn(move |delivery: NatsDelivery| {
+            let handled = handled.clone();
+            async move {
+                assert!(delivery.queue_group().is_some());
+                handled.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(())
+            }
+        });
+        tasks.push(tokio::spawn(
+            NatsConsumer::new(source, instrumentation.clone())
+                .with_concurrency(4)
+                .run(handler, std::future::pending::<()>()),
         ));
-        tasks.push(tokio::spawn(subscription.run(handler)));
     }
-    client.flush().await.unwrap();
+    support::round_trip(&client).await;
 
-    let mut publisher = Publisher::traced(client.clone(), instrumentation);
+    let mut publisher = NatsPublisher::new(client.clone()).traced(instrumentation);
     for i in 0..COUNT {
         publisher
             .ready()
@@ -249,20 +252,21 @@ async fn request_reply_makes_the_requester_span_the_parent() {
     let telemetry = Telemetry::new();
     let subject = support::unique("echo");
 
-    let subscription = Subscription::subscribe(&client, subject.as_str())
-        .await
-        .unwrap();
-    let responder = ResponderLayer::new(client.clone(), &telemetry.builder(&url).build()).layer(
-        service_fn(|request: Delivery| async move {
-            let mut answer = b"re: ".to_vec();
-            answer.extend_from_slice(&request.message.payload);
-            Ok::<_, std::convert::Infallible>(tracelink_nats::Bytes::from(answer))
-        }),
+    let subscriber = client.subscribe(subject.clone()).await.unwrap();
+    let layer = ResponderLayer::new(client.clone(), &telemetry.builder(&url).build());
+    let responder = layer.layer(service_fn(|request: NatsDelivery| async move {
+        let mut answer = b"re: ".to_vec();
+        answer.extend_from_slice(&request.message.payload);
+        Ok::<_, std::convert::Infallible>(tracelink_nats::Bytes::from(answer))
+    }));
+    let task = tokio::spawn(
+        layer
+            .consumer(subscriber)
+            .run(responder, std::future::pending::<()>()),
     );
-    let task = tokio::spawn(subscription.run(responder));
-    client.flush().await.unwrap();
+    support::round_trip(&client).await;
 
-    let mut requester = Requester::traced(client.clone(), telemetry.instrumentation(&url));
+    let mut requester = Requester::new(client.clone()).traced(telemetry.instrumentation(&url));
     let reply = requester
         .ready()
         .await
@@ -314,7 +318,7 @@ async fn request_without_responders_fails_with_a_typed_error() {
     let client = support::connect().await;
     let telemetry = Telemetry::new();
     let subject = support::unique("nobody");
-    let mut requester = Requester::traced(client.clone(), telemetry.instrumentation(&url));
+    let mut requester = Requester::new(client.clone()).traced(telemetry.instrumentation(&url));
     let err = requester
         .ready()
         .await
@@ -329,4 +333,152 @@ async fn request_without_responders_fails_with_a_typed_error() {
         .remove(0);
     assert_eq!(attributes(&span)["error.type"], "no_responders");
     assert!(matches!(span.status, Status::Error { .. }));
+}
+
+/// Core NATS has no acknowledgement: whatever the policy, settling makes no call and records no
+/// settle span, and a failed message is not delivered again (at most once).
+#[tokio::test]
+async fn settle_spans_core_nats_makes_no_settle_call_and_does_not_redeliver() {
+    let url = support::url();
+    let client = support::connect().await;
+    let telemetry = Telemetry::new();
+    let instrumentation = telemetry.instrumentation(&url);
+    let subject = support::unique("noack");
+    let subscriber = client.subscribe(subject.clone()).await.unwrap();
+    support::round_trip(&client).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handler = service_fn({
+        let seen = seen.clone();
+        move |delivery: NatsDelivery| {
+            let payload = String::from_utf8_lossy(&delivery.message.payload).into_owned();
+            seen.lock().unwrap().push(payload.clone());
+            async move {
+                match payload.as_str() {
+                    "fail" => Err(std::io::Error::other("fails")),
+                    _ => Ok(()),
+                }
+            }
+        }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let consumer = tokio::spawn(
+        NatsConsumer::new(subscriber, instrumentation.clone())
+            .with_settle_spans()
+            .run(handler, stopped),
+    );
+    for payload in ["ok", "fail", "last"] {
+        client
+            .publish(subject.clone(), payload.into())
+            .await
+            .unwrap();
+    }
+    telemetry.wait_for(&format!("process {subject}"), 3).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    consumer.await.unwrap().unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["ok", "fail", "last"],
+        "no redelivery"
+    );
+    let names = telemetry.names();
+    assert_eq!(names.len(), 3, "process spans only: {names:?}");
+}
+
+/// Shutdown while a handler runs: the handler finishes, then `run` returns Ok.
+#[tokio::test]
+async fn graceful_shutdown_core_nats_lets_the_running_handler_finish() {
+    let url = support::url();
+    let client = support::connect().await;
+    let telemetry = Telemetry::new();
+    let subject = support::unique("shutdown");
+    let subscriber = client.subscribe(subject.clone()).await.unwrap();
+    support::round_trip(&client).await;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let finished = Arc::new(AtomicUsize::new(0));
+    let handler = service_fn({
+        let started = started.clone();
+        let finished = finished.clone();
+        move |_: NatsDelivery| {
+            let started = started.clone();
+            let finished = finished.clone();
+            async move {
+                started.notify_one();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::convert::Infallible>(())
+            }
+        }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let consumer = tokio::spawn(
+        NatsConsumer::new(subscriber, telemetry.instrumentation(&url)).run(handler, stopped),
+    );
+    client
+        .publish(subject.clone(), "slow".into())
+        .await
+        .unwrap();
+    started.notified().await;
+    stop.send(()).unwrap();
+    consumer.await.unwrap().unwrap();
+    assert_eq!(finished.load(Ordering::SeqCst), 1, "the handler finished");
+    let span = telemetry
+        .wait_for(&format!("process {subject}"), 1)
+        .await
+        .remove(0);
+    assert_eq!(span.status, Status::Unset);
+}
+
+/// `OnFailure::Stop`: the first failure stops the consumer with `ConsumeError::Handler`.
+#[tokio::test]
+async fn on_failure_stop_core_nats_returns_the_handler_error() {
+    let url = support::url();
+    let client = support::connect().await;
+    let instrumentation = Instrumentation::new(tracelink_nats::messaging_system(&url));
+    let subject = support::unique("stop");
+    let subscriber = client.subscribe(subject.clone()).await.unwrap();
+    support::round_trip(&client).await;
+    let handler = service_fn(|delivery: NatsDelivery| async move {
+        match &delivery.message.payload[..] {
+            b"fail" => Err(std::io::Error::other("fails")),
+            _ => Ok(()),
+        }
+    });
+    let consumer = tokio::spawn(
+        NatsConsumer::new(subscriber, instrumentation)
+            .on_failure(OnFailure::Stop)
+            .run(handler, std::future::pending::<()>()),
+    );
+    for payload in ["ok", "fail"] {
+        client
+            .publish(subject.clone(), payload.into())
+            .await
+            .unwrap();
+    }
+    let result = tokio::time::timeout(Duration::from_secs(10), consumer)
+        .await
+        .expect("the consumer stops")
+        .unwrap();
+    assert!(
+        matches!(result, Err(ConsumeError::Handler(ref e)) if e.to_string() == "fails"),
+        "{result:?}"
+    );
+}
+
+/// The end of the subscription ends the consumer with Ok.
+#[tokio::test]
+async fn unsubscribed_source_ends_the_consumer() {
+    let url = support::url();
+    let client = support::connect().await;
+    let instrumentation = Instrumentation::new(tracelink_nats::messaging_system(&url));
+    let mut subscriber = client.subscribe(support::unique("end")).await.unwrap();
+    subscriber.unsubscribe().await.unwrap();
+    let handler = service_fn(|_: NatsDelivery| async { Ok::<_, std::convert::Infallible>(()) });
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        NatsConsumer::new(subscriber, instrumentation).run(handler, std::future::pending::<()>()),
+    )
+    .await
+    .expect("ends")
+    .unwrap();
 }

@@ -19,9 +19,9 @@ use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::trace::{SpanId, TraceContextExt};
 use opentelemetry::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tower::{service_fn, Layer};
-use tracelink_core::{ConsumerLayer, Instrumentation};
-use tracelink_nats::Delivery;
+use tower::service_fn;
+use tracelink_core::Instrumentation;
+use tracelink_nats::{NatsConsumer, NatsDelivery};
 use tracelink_testkit::{
     baggage_size, check_baggage, check_process_span, corpus, w3c_propagator, Case,
 };
@@ -136,9 +136,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
         .build();
     let subject = support::unique("hostile");
     let max_payload = client.server_info().max_payload;
-    let mut subscription = tracelink_nats::Subscription::subscribe(&client, subject.as_str())
-        .await
-        .unwrap();
+    let subscriber = client.subscribe(subject.clone()).await.unwrap();
     support::round_trip(&client).await;
 
     let cases: Vec<Case> = corpus();
@@ -196,9 +194,9 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
     client.flush().await.unwrap();
 
     let seen: Arc<Mutex<BTreeMap<String, Vec<Seen>>>> = Arc::default();
-    let mut handler = ConsumerLayer::from(instrumentation).layer(service_fn({
+    let handler = service_fn({
         let seen = seen.clone();
-        move |delivery: Delivery| {
+        move |delivery: NatsDelivery| {
             let payload = String::from_utf8_lossy(&delivery.message.payload).into_owned();
             let cx = Context::current();
             seen.lock().unwrap().entry(payload).or_default().push(Seen {
@@ -207,26 +205,22 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
             });
             async { Ok::<_, std::convert::Infallible>(()) }
         }
-    }));
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            subscription
-                .process_next(&mut handler)
-                .await
-                .expect("the subscription stays open")
-                .unwrap();
-            if seen.lock().unwrap().contains_key("sentinel") {
-                return;
-            }
-        }
-    })
+    });
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        NatsConsumer::new(subscriber, instrumentation).run(
+            handler,
+            support::until(|| seen.lock().unwrap().contains_key("sentinel")),
+        ),
+    )
     .await
     .unwrap_or_else(|_| {
         panic!(
             "the sentinel never arrived; handled: {:?}",
             seen.lock().unwrap().keys().collect::<Vec<_>>()
         )
-    });
+    })
+    .expect("the subscription stays open");
 
     let seen = seen.lock().unwrap().clone();
     let failures = check_cases(&cases, &seen, &telemetry, &refused, &unreadable);
@@ -254,7 +248,7 @@ async fn hostile_headers_are_delivered_once_with_fresh_roots() {
 async fn jetstream_hostile_headers_are_handled_once_with_fresh_roots() {
     use async_nats::jetstream::{self, consumer::pull, stream};
     use futures_util::{FutureExt, StreamExt};
-    use tracelink_nats::{JetStreamConsumer, JetStreamDelivery};
+    use tracelink_nats::{JetStreamConsumer, JetStreamDelivery, JetStreamSource};
 
     let url = support::url();
     let client = support::connect().await;
@@ -345,7 +339,7 @@ async fn jetstream_hostile_headers_are_handled_once_with_fresh_roots() {
     );
 
     let seen: Arc<Mutex<BTreeMap<String, Vec<Seen>>>> = Arc::default();
-    let mut handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn({
+    let handler = service_fn({
         let seen = seen.clone();
         move |delivery: JetStreamDelivery| {
             let payload = String::from_utf8_lossy(&delivery.message.payload).into_owned();
@@ -356,36 +350,42 @@ async fn jetstream_hostile_headers_are_handled_once_with_fresh_roots() {
             });
             async { Ok::<_, std::convert::Infallible>(()) }
         }
-    }));
+    });
     let connects = client.statistics().connects.load(Ordering::SeqCst);
-    let mut loop_ = JetStreamConsumer::new(consumer, instrumentation)
-        .with_batch_size(1)
-        .with_expires(Duration::from_secs(1));
+    // One message per fetch; a reset connection fails a fetch, which the source retries.
+    let source = JetStreamSource::new(consumer.clone()).with_expires(Duration::from_secs(1));
     // Consume until the sentinel was handled and the server holds nothing for the consumer:
     // every message acked or given up on.
-    let mut failed_fetches = 0;
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "still pending after 90 s; handled: {:?}",
-            seen.lock().unwrap().keys().collect::<Vec<_>>()
-        );
-        match loop_.process_next(&mut handler).await {
-            Ok(0) if seen.lock().unwrap().contains_key("sentinel") => {
-                let info = loop_.consumer().clone().info().await.unwrap().clone();
-                if (info.num_pending, info.num_ack_pending) == (0, 0) {
-                    break;
+    let done = {
+        let seen = seen.clone();
+        let consumer = consumer.clone();
+        async move {
+            loop {
+                if seen.lock().unwrap().contains_key("sentinel") {
+                    if let Ok(info) = consumer.clone().info().await {
+                        if (info.num_pending, info.num_ack_pending) == (0, 0) {
+                            return;
+                        }
+                    }
                 }
-            }
-            Ok(_) => {}
-            Err(_) => {
-                // A reset connection may fail a fetch; the loop is simply resumed.
-                failed_fetches += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-    }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(90),
+        JetStreamConsumer::new(source, instrumentation)
+            .with_prefetch(1)
+            .run(handler, done),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "still pending after 90 s; handled: {:?}",
+            seen.lock().unwrap().keys().collect::<Vec<_>>()
+        )
+    })
+    .expect("the consumer runs through the resets");
     let resets = client.statistics().connects.load(Ordering::SeqCst) - connects;
 
     // The server gave up on exactly the unreadable messages.
@@ -444,5 +444,5 @@ async fn jetstream_hostile_headers_are_handled_once_with_fresh_roots() {
         "{resets} connection resets for {} unreadable messages",
         unreadable.len()
     );
-    eprintln!("jetstream hostile: {resets} connection resets, {failed_fetches} failed fetches");
+    eprintln!("jetstream hostile: {resets} connection resets");
 }

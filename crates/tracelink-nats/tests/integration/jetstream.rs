@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use opentelemetry::trace::{SpanId, SpanKind, Status};
-use tower::{service_fn, Layer, Service, ServiceExt};
-use tracelink_core::{BatchConsumerLayer, ConsumerLayer};
-use tracelink_nats::{JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, Publish};
+use tower::{service_fn, Service, ServiceExt};
+use tracelink_core::{BatchConfig, OnFailure};
+use tracelink_nats::{
+    JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, JetStreamSource, Publish,
+};
 
-use crate::support::{self, assert_kind, attributes, Telemetry};
+use crate::support::{self, assert_kind, attributes, until, Telemetry};
 
 pub(crate) async fn setup(
     client: async_nats::Client,
@@ -74,7 +76,7 @@ async fn publish_ack_and_pull_consumption() {
     let (js, stream, subject, consumer) =
         setup(support::connect().await, Duration::from_secs(30)).await;
 
-    let mut publisher = JetStreamPublisher::traced(js.clone(), instrumentation.clone());
+    let mut publisher = JetStreamPublisher::new(js.clone()).traced(instrumentation.clone());
     let ack = publisher
         .ready()
         .await
@@ -86,7 +88,7 @@ async fn publish_ack_and_pull_consumption() {
     assert_eq!(ack.0.sequence, 1);
 
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn({
+    let handler = service_fn({
         let seen = seen.clone();
         move |delivery: JetStreamDelivery| {
             let seen = seen.clone();
@@ -97,10 +99,12 @@ async fn publish_ack_and_pull_consumption() {
                 Ok::<_, std::io::Error>(())
             }
         }
-    }));
-    let mut loop_ =
-        JetStreamConsumer::new(consumer, instrumentation).with_expires(Duration::from_secs(2));
-    assert_eq!(loop_.process_next(&mut handler).await.unwrap(), 1);
+    });
+    let source = JetStreamSource::new(consumer.clone()).with_expires(Duration::from_secs(2));
+    JetStreamConsumer::new(source, instrumentation)
+        .run(handler, until(|| !seen.lock().unwrap().is_empty()))
+        .await
+        .unwrap();
     assert_eq!(*seen.lock().unwrap(), vec![(Some(1), Some(1))]);
 
     let producer = telemetry
@@ -146,7 +150,7 @@ async fn publish_ack_and_pull_consumption() {
     assert_eq!(attributes(&receive)["messaging.operation.type"], "receive");
 
     // Acked: nothing left.
-    assert_all_acked(loop_.consumer(), 1).await;
+    assert_all_acked(&consumer, 1).await;
     js.delete_stream(&stream).await.unwrap();
 }
 
@@ -158,7 +162,7 @@ async fn failed_handler_is_naked_and_redelivered_nothing_lost() {
     let (js, stream, subject, consumer) =
         setup(support::connect().await, Duration::from_secs(30)).await;
     const COUNT: u64 = 5;
-    let mut publisher = JetStreamPublisher::traced(js.clone(), instrumentation.clone());
+    let mut publisher = JetStreamPublisher::new(js.clone()).traced(instrumentation.clone());
     for i in 0..COUNT {
         publisher
             .ready()
@@ -171,7 +175,7 @@ async fn failed_handler_is_naked_and_redelivered_nothing_lost() {
 
     // The first delivery of every message fails; the second succeeds.
     let succeeded = Arc::new(Mutex::new(Vec::new()));
-    let mut handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn({
+    let handler = service_fn({
         let succeeded = succeeded.clone();
         move |delivery: JetStreamDelivery| {
             let succeeded = succeeded.clone();
@@ -186,16 +190,20 @@ async fn failed_handler_is_naked_and_redelivered_nothing_lost() {
                 Ok(())
             }
         }
-    }));
-    let mut loop_ = JetStreamConsumer::new(consumer, instrumentation)
-        .with_expires(Duration::from_secs(2))
-        .with_nak_delay(Duration::from_millis(50));
-    for _ in 0..50 {
-        if succeeded.lock().unwrap().len() as u64 == COUNT {
-            break;
-        }
-        loop_.process_next(&mut handler).await.unwrap();
-    }
+    });
+    let source = JetStreamSource::new(consumer.clone()).with_expires(Duration::from_secs(2));
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        JetStreamConsumer::new(source, instrumentation)
+            .on_failure(OnFailure::RedeliverAfter(Duration::from_millis(50)))
+            .run(
+                handler,
+                until(|| succeeded.lock().unwrap().len() as u64 == COUNT),
+            ),
+    )
+    .await
+    .expect("every message succeeds in time")
+    .unwrap();
     let mut done = succeeded.lock().unwrap().clone();
     done.sort();
     assert_eq!(
@@ -223,7 +231,7 @@ async fn failed_handler_is_naked_and_redelivered_nothing_lost() {
     {
         assert_eq!(attributes(span)[tracelink_nats::DELIVERY_COUNT], "2");
     }
-    assert_all_acked(loop_.consumer(), COUNT).await;
+    assert_all_acked(&consumer, COUNT).await;
     js.delete_stream(&stream).await.unwrap();
 }
 
@@ -235,7 +243,7 @@ async fn batch_mode_has_one_span_with_a_link_per_message() {
     let (js, stream, subject, consumer) =
         setup(support::connect().await, Duration::from_secs(30)).await;
     const COUNT: usize = 4;
-    let mut publisher = JetStreamPublisher::traced(js.clone(), instrumentation.clone());
+    let mut publisher = JetStreamPublisher::new(js.clone()).traced(instrumentation.clone());
     for i in 0..COUNT {
         publisher
             .ready()
@@ -245,16 +253,24 @@ async fn batch_mode_has_one_span_with_a_link_per_message() {
             .await
             .unwrap();
     }
-    let mut handler = BatchConsumerLayer::from(instrumentation.clone()).layer(service_fn(
-        |batch: Vec<JetStreamDelivery>| async move {
-            assert_eq!(batch.len(), COUNT);
-            Ok::<_, std::io::Error>(())
-        },
-    ));
-    let mut loop_ = JetStreamConsumer::new(consumer, instrumentation)
-        .with_expires(Duration::from_secs(2))
-        .with_batch_size(10);
-    assert_eq!(loop_.process_next_batch(&mut handler).await.unwrap(), COUNT);
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let handler = service_fn({
+        let batches = batches.clone();
+        move |batch: Vec<JetStreamDelivery>| {
+            batches.lock().unwrap().push(batch.len());
+            async move { Ok::<_, std::io::Error>(()) }
+        }
+    });
+    let source = JetStreamSource::new(consumer.clone()).with_expires(Duration::from_secs(2));
+    JetStreamConsumer::new(source, instrumentation)
+        .with_batch(BatchConfig {
+            max_messages: 10,
+            max_wait: Duration::from_millis(300),
+        })
+        .run_batches(handler, until(|| !batches.lock().unwrap().is_empty()))
+        .await
+        .unwrap();
+    assert_eq!(*batches.lock().unwrap(), vec![COUNT]);
 
     let producers = telemetry
         .wait_for(&format!("publish {subject}"), COUNT)
@@ -282,7 +298,7 @@ async fn batch_mode_has_one_span_with_a_link_per_message() {
     published.sort();
     assert_eq!(linked, published);
 
-    assert_all_acked(loop_.consumer(), COUNT as u64).await;
+    assert_all_acked(&consumer, COUNT as u64).await;
     js.delete_stream(&stream).await.unwrap();
 }
 
@@ -293,12 +309,13 @@ async fn empty_fetch_records_no_receive_span() {
     let instrumentation = telemetry.instrumentation(&url);
     let (js, stream, _subject, consumer) =
         setup(support::connect().await, Duration::from_secs(30)).await;
-    let mut handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn(
-        |_: JetStreamDelivery| async { Ok::<_, std::io::Error>(()) },
-    ));
-    let mut loop_ =
-        JetStreamConsumer::new(consumer, instrumentation).with_expires(Duration::from_millis(300));
-    assert_eq!(loop_.process_next(&mut handler).await.unwrap(), 0);
+    let handler = service_fn(|_: JetStreamDelivery| async { Ok::<_, std::io::Error>(()) });
+    let source = JetStreamSource::new(consumer).with_expires(Duration::from_millis(300));
+    // Two or three empty fetches.
+    JetStreamConsumer::new(source, instrumentation)
+        .run(handler, tokio::time::sleep(Duration::from_secs(1)))
+        .await
+        .unwrap();
     assert!(
         !telemetry
             .names()

@@ -18,11 +18,13 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use opentelemetry_semantic_conventions::attribute as attr;
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tracelink_core::{ConsumerLayer, Instrumentation};
-use tracelink_nats::{JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, Publish};
+use tracelink_core::Instrumentation;
+use tracelink_nats::{
+    JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, JetStreamSource, Publish,
+};
 
 use crate::jetstream::{assert_all_acked, setup};
-use crate::support;
+use crate::support::{self, until};
 use tracelink_testkit::load::{
     assert_attempts, attribute, failing_first_attempts, within, Recorder,
 };
@@ -54,7 +56,7 @@ async fn run() {
     let (js, _stream, subject, consumer) =
         setup(support::connect().await, Duration::from_secs(30)).await;
 
-    let mut publisher = JetStreamPublisher::traced(js, instrumentation.clone());
+    let mut publisher = JetStreamPublisher::new(js).traced(instrumentation.clone());
     for i in 0..N {
         let id = i.to_string();
         publisher
@@ -74,7 +76,7 @@ async fn run() {
     // having been nak'ed, or not redelivered after a nak, shows here.
     let wrong_delivery_count = Arc::new(AtomicUsize::new(0));
     let distinct = Arc::new(AtomicUsize::new(0));
-    let mut handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn({
+    let handler = service_fn({
         let (fail_first, attempts, successes, wrong_delivery_count, distinct) = (
             fail_first.clone(),
             attempts.clone(),
@@ -101,13 +103,13 @@ async fn run() {
             };
             async move { result }
         }
-    }));
-    let mut loop_ = JetStreamConsumer::new(consumer.clone(), instrumentation.clone())
-        .with_batch_size(500)
-        .with_expires(Duration::from_secs(2));
-    while distinct.load(Ordering::SeqCst) < N {
-        loop_.process_next(&mut handler).await.expect("consume");
-    }
+    });
+    let source = JetStreamSource::new(consumer.clone()).with_expires(Duration::from_secs(2));
+    JetStreamConsumer::new(source, instrumentation.clone())
+        .with_prefetch(500)
+        .run(handler, until(|| distinct.load(Ordering::SeqCst) >= N))
+        .await
+        .expect("consume");
 
     assert_eq!(
         distinct.load(Ordering::SeqCst),
@@ -157,7 +159,7 @@ async fn core_load_every_request_is_answered_in_the_end_and_parented_to_its_requ
 
 async fn run_core() {
     use futures_util::StreamExt;
-    use tracelink_nats::{Bytes, Delivery, Requester, ResponderLayer, Subscription};
+    use tracelink_nats::{Bytes, NatsDelivery, Requester, ResponderLayer};
 
     let url = support::url();
     // The responder's reply spans (`publish _INBOX.*`) are not messages of the test.
@@ -183,34 +185,36 @@ async fn run_core() {
     let expected_failures = fail_first.iter().filter(|f| **f).count();
     let attempts: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
     let successes: Arc<Vec<AtomicU32>> = Arc::new((0..N).map(|_| AtomicU32::new(0)).collect());
-    let handler =
-        ResponderLayer::new(responder_client.clone(), &instrumentation).layer(service_fn({
-            let (fail_first, attempts, successes) =
-                (fail_first.clone(), attempts.clone(), successes.clone());
-            move |request: Delivery| {
-                let i: usize = std::str::from_utf8(&request.message.payload)
-                    .expect("utf-8 payload")
-                    .parse()
-                    .expect("numeric payload");
-                let attempt = attempts[i].fetch_add(1, Ordering::SeqCst) + 1;
-                let result = if attempt == 1 && fail_first[i] {
-                    Err(std::io::Error::other("a chosen first attempt fails"))
-                } else {
-                    successes[i].fetch_add(1, Ordering::SeqCst);
-                    Ok(request.message.payload.clone())
-                };
-                async move { result }
-            }
-        }));
-    let subscription = Subscription::subscribe(&responder_client, subject.as_str())
-        .await
-        .unwrap();
+    let layer = ResponderLayer::new(responder_client.clone(), &instrumentation);
+    let handler = layer.layer(service_fn({
+        let (fail_first, attempts, successes) =
+            (fail_first.clone(), attempts.clone(), successes.clone());
+        move |request: NatsDelivery| {
+            let i: usize = std::str::from_utf8(&request.message.payload)
+                .expect("utf-8 payload")
+                .parse()
+                .expect("numeric payload");
+            let attempt = attempts[i].fetch_add(1, Ordering::SeqCst) + 1;
+            let result = if attempt == 1 && fail_first[i] {
+                Err(std::io::Error::other("a chosen first attempt fails"))
+            } else {
+                successes[i].fetch_add(1, Ordering::SeqCst);
+                Ok(request.message.payload.clone())
+            };
+            async move { result }
+        }
+    }));
+    let subscriber = responder_client.subscribe(subject.clone()).await.unwrap();
     // The subscription is in place before the first request.
     support::round_trip(&responder_client).await;
-    let responder = tokio::spawn(subscription.run(handler));
+    let responder = tokio::spawn(
+        layer
+            .consumer(subscriber)
+            .run(handler, std::future::pending::<()>()),
+    );
 
     // Per request: the attempts the requester made and the slowest answered one.
-    let requester = Requester::traced(requester_client.clone(), instrumentation.clone());
+    let requester = Requester::new(requester_client.clone()).traced(instrumentation.clone());
     let asked: Vec<(usize, u32, Duration, Vec<String>)> = futures_util::stream::iter(0..N)
         .map(|i| {
             let mut requester = requester.clone();

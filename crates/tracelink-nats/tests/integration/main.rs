@@ -7,6 +7,7 @@
     unreachable_pub
 )]
 
+mod consume;
 mod core_nats;
 mod hostile;
 mod jetstream;

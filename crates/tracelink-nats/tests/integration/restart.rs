@@ -11,10 +11,9 @@ use opentelemetry::trace::{SpanKind, Status};
 use opentelemetry_semantic_conventions::attribute as attr;
 use tokio::sync::{oneshot, Notify};
 use tower::{service_fn, Layer, Service, ServiceExt};
-use tracelink_core::ConsumerLayer;
 use tracelink_nats::{
-    Bytes, Delivery, JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, Publish, Requester,
-    ResponderLayer, Subscription,
+    Bytes, JetStreamConsumer, JetStreamDelivery, JetStreamPublisher, JetStreamSource, NatsDelivery,
+    Publish, Requester, ResponderLayer,
 };
 
 use crate::jetstream::setup;
@@ -34,7 +33,7 @@ async fn server_restart_mid_stream_loses_nothing_and_acks_nothing_early() {
     // A short ack wait so that a settlement lost with the connection is redelivered quickly.
     let (js, _stream, subject, consumer) = setup(client.clone(), Duration::from_secs(2)).await;
     const COUNT: u64 = 30;
-    let mut publisher = JetStreamPublisher::traced(js.clone(), instrumentation.clone());
+    let mut publisher = JetStreamPublisher::new(js.clone()).traced(instrumentation.clone());
     for i in 0..COUNT {
         publisher
             .ready()
@@ -49,7 +48,7 @@ async fn server_restart_mid_stream_loses_nothing_and_acks_nothing_early() {
     // delivery, just before the restart: it must come back (it was not acked), and be acked
     // only once a handler succeeded on it.
     let succeeded = Arc::new(Mutex::new(BTreeSet::new()));
-    let mut handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn({
+    let handler = service_fn({
         let succeeded = succeeded.clone();
         move |delivery: JetStreamDelivery| {
             let succeeded = succeeded.clone();
@@ -62,51 +61,57 @@ async fn server_restart_mid_stream_loses_nothing_and_acks_nothing_early() {
                 Ok::<_, std::io::Error>(())
             }
         }
-    }));
-    let mut loop_ = JetStreamConsumer::new(consumer, instrumentation)
-        .with_batch_size(5)
-        .with_expires(Duration::from_secs(1));
-
-    // Part of the stream, then the server dies and comes back with its store.
-    assert_eq!(loop_.process_next(&mut handler).await.unwrap(), 5);
+    });
+    // Part of the stream (5 messages fetched at a time), then the server dies and comes back
+    // with its store: the consumer goes on through the reconnect (failed fetches are retried).
+    let source = JetStreamSource::new(consumer.clone()).with_expires(Duration::from_secs(1));
+    let run = tokio::spawn({
+        let succeeded = succeeded.clone();
+        JetStreamConsumer::new(source, instrumentation)
+            .with_prefetch(5)
+            .run(handler, async move {
+                // Everything handled and acked in the end, and only messages a handler
+                // succeeded on (all of them here); acks lost with the connection bring
+                // redeliveries, handled on the way.
+                loop {
+                    if succeeded.lock().unwrap().len() as u64 == COUNT {
+                        if let Ok(info) = consumer.clone().info().await {
+                            if info.ack_floor.stream_sequence == COUNT
+                                && info.num_ack_pending == 0
+                                && info.num_pending == 0
+                            {
+                                return;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (succeeded.lock().unwrap().len() as u64) < 5 {
+        assert!(Instant::now() < deadline, "the first messages are consumed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.restart();
 
-    let mut errors = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (succeeded.lock().unwrap().len() as u64) < COUNT {
-        assert!(
-            Instant::now() < deadline,
-            "not all messages consumed; errors: {errors:?}"
-        );
-        match loop_.process_next(&mut handler).await {
-            Ok(_) => {}
-            // Reported as a typed error; the loop is simply resumed.
-            Err(err) => {
-                errors.push(format!("{err:?}"));
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-    eprintln!("errors reported while the server restarted: {errors:?}");
+    let result = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "not all messages consumed and acked; succeeded: {:?}",
+                succeeded.lock().unwrap()
+            )
+        })
+        .unwrap();
+    // A settlement that failed with the connection would stop the consumer: acks are not
+    // confirmed, so it does not; an error here is reported as it is.
+    result.expect("the consumer runs through the restart");
     assert_eq!(
         *succeeded.lock().unwrap(),
         (1..=COUNT).collect::<BTreeSet<_>>(),
         "nothing lost"
     );
-
-    // Everything acked in the end, and only messages a handler succeeded on (all of them here).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut consumer = loop_.consumer().clone();
-        let info = consumer.info().await.unwrap().clone();
-        if info.ack_floor.stream_sequence == COUNT && info.num_ack_pending == 0 {
-            assert_eq!(info.num_pending, 0);
-            break;
-        }
-        assert!(Instant::now() < deadline, "not all acked: {info:?}");
-        // Redeliveries of messages whose ack was lost with the connection.
-        let _ = loop_.process_next(&mut handler).await;
-    }
     drop(client);
 }
 
@@ -148,48 +153,50 @@ async fn core_server_restart_mid_stream_every_request_is_answered_after_its_hand
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let kill_tx = Arc::new(Mutex::new(Some(kill_tx)));
     let killed = Arc::new(Notify::new());
-    let handler =
-        ResponderLayer::new(responder_client.clone(), &instrumentation).layer(service_fn({
-            let (runs, killed) = (runs.clone(), killed.clone());
-            move |request: Delivery| {
-                let (runs, kill_tx, killed) = (runs.clone(), kill_tx.clone(), killed.clone());
-                async move {
-                    let id = request
-                        .message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                        .map(|v| v.as_str().to_owned())
-                        .expect("every request carries its id");
-                    let (n, attempt) = id.split_once('.').expect("request.attempt");
-                    let n: usize = n.parse().unwrap_or(usize::MAX);
-                    if n == FAILS_FIRST && attempt == "1" {
-                        runs.lock().unwrap().insert(id, false);
-                        return Err(std::io::Error::other("fails its first attempt"));
-                    }
-                    if n == KILLED_DURING && attempt == "1" {
-                        // The server dies while this handler runs; it succeeds all the same,
-                        // and its reply goes out on whatever connection the client has then.
-                        let tx = kill_tx.lock().unwrap().take();
-                        if let Some(tx) = tx {
-                            let _ = tx.send(());
-                            killed.notified().await;
-                        }
-                    }
-                    runs.lock().unwrap().insert(id.clone(), true);
-                    Ok::<_, std::io::Error>(Bytes::from(id))
+    let layer = ResponderLayer::new(responder_client.clone(), &instrumentation);
+    let handler = layer.layer(service_fn({
+        let (runs, killed) = (runs.clone(), killed.clone());
+        move |request: NatsDelivery| {
+            let (runs, kill_tx, killed) = (runs.clone(), kill_tx.clone(), killed.clone());
+            async move {
+                let id = request
+                    .message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                    .map(|v| v.as_str().to_owned())
+                    .expect("every request carries its id");
+                let (n, attempt) = id.split_once('.').expect("request.attempt");
+                let n: usize = n.parse().unwrap_or(usize::MAX);
+                if n == FAILS_FIRST && attempt == "1" {
+                    runs.lock().unwrap().insert(id, false);
+                    return Err(std::io::Error::other("fails its first attempt"));
                 }
+                if n == KILLED_DURING && attempt == "1" {
+                    // The server dies while this handler runs; it succeeds all the same,
+                    // and its reply goes out on whatever connection the client has then.
+                    let tx = kill_tx.lock().unwrap().take();
+                    if let Some(tx) = tx {
+                        let _ = tx.send(());
+                        killed.notified().await;
+                    }
+                }
+                runs.lock().unwrap().insert(id.clone(), true);
+                Ok::<_, std::io::Error>(Bytes::from(id))
             }
-        }));
-    let subscription = Subscription::subscribe(&responder_client, subject.as_str())
-        .await
-        .unwrap();
+        }
+    }));
+    let subscriber = responder_client.subscribe(subject.clone()).await.unwrap();
     // The subscription is in place before the first request.
     support::round_trip(&responder_client).await;
-    let responder = tokio::spawn(subscription.run(handler));
+    let responder = tokio::spawn(
+        layer
+            .consumer(subscriber)
+            .run(handler, std::future::pending::<()>()),
+    );
 
     // Per request: the message ids of its attempts, each with the reply or the error it got.
-    let requester = Requester::traced(requester_client.clone(), instrumentation.clone());
+    let requester = Requester::new(requester_client.clone()).traced(instrumentation.clone());
     let ask = {
         let subject = subject.clone();
         move |n: usize| {

@@ -319,3 +319,10 @@ fn free_port_below_ephemeral_range() -> u16 {
         }
     }
 }
+
+/// Completes once `done` holds (checked every 20 ms): a consumer's shutdown signal.
+pub async fn until(done: impl Fn() -> bool) {
+    while !done() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
