@@ -14,13 +14,17 @@ mod common;
 use std::convert::Infallible;
 use std::error::Error;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use clap::Parser;
 use opentelemetry::Context;
-use tower::{service_fn, Layer};
+use tokio::sync::Notify;
+use tower::service_fn;
 use tracelink::core::IncomingMessage;
 use tracelink::nats::async_nats::jetstream::{self, consumer::pull, stream};
-use tracelink::nats::{JetStreamConsumer, JetStreamDelivery, Subscription};
-use tracelink::{ConsumerLayer, Instrumentation};
+use tracelink::nats::{JetStreamConsumer, JetStreamDelivery, NatsConsumer, NatsDelivery};
+use tracelink::Instrumentation;
 
 #[derive(Parser)]
 struct Args {
@@ -55,21 +59,36 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let client = tracelink::nats::async_nats::connect(&args.url).await?;
     let instrumentation = Instrumentation::new(tracelink::nats::messaging_system(&args.url));
 
+    // Stops once `--count` messages were handled (the last one finishes and is settled first).
+    let processed = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let count = args.count;
+    let printed = {
+        let (processed, done) = (processed.clone(), done.clone());
+        move || {
+            if processed.fetch_add(1, Ordering::SeqCst) + 1 >= count {
+                done.notify_one();
+            }
+        }
+    };
+    let shutdown = async move {
+        if count > 0 {
+            done.notified().await;
+        }
+    };
+
     match &args.jetstream {
         None => {
-            let mut subscription = Subscription::subscribe(&client, args.subject.as_str()).await?;
+            let subscriber = client.subscribe(args.subject.clone()).await?;
             let printer = instrumentation.clone();
-            let mut handler = ConsumerLayer::from(instrumentation).layer(service_fn(
-                move |delivery: tracelink::nats::Delivery| {
-                    print_processed(&printer, &delivery);
-                    async { Ok::<_, Infallible>(()) }
-                },
-            ));
-            for _ in 0..args.count {
-                if subscription.process_next(&mut handler).await.is_none() {
-                    break;
-                }
-            }
+            let handler = service_fn(move |delivery: NatsDelivery| {
+                print_processed(&printer, &delivery);
+                printed();
+                async { Ok::<_, Infallible>(()) }
+            });
+            NatsConsumer::new(subscriber, instrumentation)
+                .run(handler, shutdown)
+                .await?;
         }
         Some(name) => {
             let js = jetstream::new(client.clone());
@@ -91,19 +110,16 @@ async fn main() -> Result<(), Box<dyn Error>> {
                 )
                 .await?;
             let printer = instrumentation.clone();
-            let mut handler = ConsumerLayer::from(instrumentation.clone()).layer(service_fn(
-                move |delivery: JetStreamDelivery| {
-                    print_processed(&printer, &delivery);
-                    async { Ok::<_, Infallible>(()) }
-                },
-            ));
-            let mut consumer = JetStreamConsumer::new(consumer, instrumentation);
-            let mut processed = 0;
-            while processed < args.count {
+            let handler = service_fn(move |delivery: JetStreamDelivery| {
+                print_processed(&printer, &delivery);
+                printed();
+                async { Ok::<_, Infallible>(()) }
+            });
+            JetStreamConsumer::new(consumer, instrumentation)
                 // Never fetch more than is left to print: the rest stays for the next run.
-                consumer = consumer.with_batch_size((args.count - processed).min(100));
-                processed += consumer.process_next(&mut handler).await?;
-            }
+                .with_prefetch(args.count.clamp(1, 100))
+                .run(handler, shutdown)
+                .await?;
         }
     }
     Ok(())

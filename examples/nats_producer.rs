@@ -16,7 +16,7 @@ use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tracelink::nats::async_nats::jetstream::{self, stream};
-use tracelink::nats::{JetStreamPublisher, Publish, Publisher};
+use tracelink::nats::{JetStreamPublisher, NatsPublisher, Publish};
 use tracelink::{Instrumentation, ProducerLayer};
 
 #[derive(Parser)]
@@ -57,7 +57,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             let mut publisher = ServiceBuilder::new()
                 .layer(layer)
                 .map_request(print_sent)
-                .service(Publisher::new(client.clone()));
+                .service(NatsPublisher::new(client.clone()));
             for i in 0..args.count {
                 let message = Publish::new(args.subject.as_str(), format!("message {i}"));
                 publisher.ready().await?.call(message).await?;
