@@ -120,7 +120,7 @@ fn nats(headers: &[(&[u8], &[u8])], parent: bool) {
         description: None,
         length: 1,
     };
-    run(tracelink_nats::Delivery::new(message, None), parent);
+    run(tracelink_nats::NatsDelivery::new(message, None), parent);
 }
 
 fn sqs(headers: &[(&[u8], &[u8])], parent: bool) {
