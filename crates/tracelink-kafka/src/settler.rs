@@ -105,7 +105,12 @@ impl<X: ConsumerContext + 'static> KafkaSettler<X> {
             Settlement::Redeliver { delay: None } => immediate = self.rewind(&receipt),
             Settlement::Redeliver { delay: Some(delay) } => {
                 self.shared.fence(&receipt);
-                delayed = Some((Arc::clone(&self.consumer), Arc::clone(&self.shared), receipt, delay));
+                delayed = Some((
+                    Arc::clone(&self.consumer),
+                    Arc::clone(&self.shared),
+                    receipt,
+                    delay,
+                ));
             }
             // Release, and whatever later versions of the core add: store nothing, so the
             // message is delivered again.
@@ -198,10 +203,18 @@ impl<X: ConsumerContext + 'static> Settler<KafkaMessage> for KafkaSettler<X> {
         let shared = Arc::clone(&self.shared);
         async move {
             shared.stores().flush(&consumer);
-            match consumer.commit_consumer_state(CommitMode::Sync) {
+            // A synchronous commit waits for the group coordinator (for as long as it is
+            // unreachable): off the runtime's worker threads.
+            let committed = tokio::task::spawn_blocking(move || {
+                consumer.commit_consumer_state(CommitMode::Sync)
+            })
+            .await;
+            match committed {
                 // Nothing to commit is not an error.
-                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) | Ok(()) => Ok(()),
-                Err(error) => Err(ClientError(error)),
+                Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) | Ok(())) => Ok(()),
+                Ok(Err(error)) => Err(ClientError(error)),
+                // The blocking pool is shutting down: librdkafka's own close commits instead.
+                Err(_) => Ok(()),
             }
         }
     }
@@ -237,9 +250,10 @@ impl Shared {
     }
 
     fn fence(&self, receipt: &KafkaReceipt) {
-        let previous = self
-            .fences()
-            .insert((Arc::clone(&receipt.topic), receipt.partition), receipt.offset);
+        let previous = self.fences().insert(
+            (Arc::clone(&receipt.topic), receipt.partition),
+            receipt.offset,
+        );
         if previous.is_none() {
             self.fenced.fetch_add(1, Ordering::Relaxed);
         }

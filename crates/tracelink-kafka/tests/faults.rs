@@ -42,8 +42,8 @@ async fn mock_broker_down_and_up_loses_nothing_and_commits_nothing_early() {
     let group = unique("group");
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
-    let mut producer =
-        KafkaPublisher::new(backend.producer()).traced(telemetry.producer_instrumentation(&backend));
+    let mut producer = KafkaPublisher::new(backend.producer())
+        .traced(telemetry.producer_instrumentation(&backend));
     for i in 0..10 {
         publish(&mut producer, &topic, format!("m{i}")).await;
     }
@@ -72,9 +72,8 @@ async fn mock_broker_down_and_up_loses_nothing_and_commits_nothing_early() {
             }
         })
     };
-    let first = tokio::spawn(async move {
-        consume.run(handler, std::future::pending::<()>()).await
-    });
+    let first =
+        tokio::spawn(async move { consume.run(handler, std::future::pending::<()>()).await });
     tokio::time::timeout(TEST_TIMEOUT, held.notified())
         .await
         .expect("m5 reached its handler");
@@ -94,15 +93,18 @@ async fn mock_broker_down_and_up_loses_nothing_and_commits_nothing_early() {
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
     release.notify_one();
+    // The consumer stops on m5's failure (`OnFailure::Stop`); its closing commit waits for the
+    // broker.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.broker_up(-1).expect("broker up");
     let result = tokio::time::timeout(TEST_TIMEOUT, first)
         .await
-        .expect("the first loop stops")
+        .expect("the first consumer stops")
         .unwrap();
     match result {
         Err(ConsumeError::Handler(_)) => {}
         other => panic!("expected m5's failure, got {other:?}"),
     }
-    cluster.broker_up(-1).expect("broker up");
     tokio::time::timeout(TEST_TIMEOUT, published_rx)
         .await
         .expect("publishes made while the broker was down complete once it is back")

@@ -342,8 +342,8 @@ async fn handler_failure_then_restart_redelivers(backend: Backend) {
     let group = unique("group");
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
-    let mut producer =
-        KafkaPublisher::new(backend.producer()).traced(telemetry.producer_instrumentation(&backend));
+    let mut producer = KafkaPublisher::new(backend.producer())
+        .traced(telemetry.producer_instrumentation(&backend));
     for payload in ["m0", "m1", "m2"] {
         producer
             .ready()
@@ -491,8 +491,8 @@ async fn batches_link_every_message(backend: Backend) {
     let topic = unique("batch");
     backend.create_topic(&topic, 1).await;
     let telemetry = Telemetry::new();
-    let mut producer =
-        KafkaPublisher::new(backend.producer()).traced(telemetry.producer_instrumentation(&backend));
+    let mut producer = KafkaPublisher::new(backend.producer())
+        .traced(telemetry.producer_instrumentation(&backend));
     for i in 0..5 {
         producer
             .ready()
