@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod hostile;
+mod lifecycle;
 mod load;
 mod support;
 
@@ -133,8 +134,7 @@ async fn round_trip_links_the_process_span_to_the_publish_span() {
     let consumer = consume(&channel, &queue).await;
     within(
         "consume",
-        AmqpConsumer::new(consumer, t.instrumentation.clone())
-            .run(handler, countdown.signal()),
+        AmqpConsumer::new(consumer, t.instrumentation.clone()).run(handler, countdown.signal()),
     )
     .await
     .expect("loop");
@@ -493,8 +493,7 @@ async fn a_connection_closed_with_unacked_messages_loses_nothing() {
     let consumer = consume(&fresh_channel, &queue).await;
     within(
         "redelivery",
-        AmqpConsumer::new(consumer, t.instrumentation.clone())
-            .run(handler, countdown.signal()),
+        AmqpConsumer::new(consumer, t.instrumentation.clone()).run(handler, countdown.signal()),
     )
     .await
     .expect("loop");
@@ -588,8 +587,7 @@ async fn header_values_of_other_amqp_types() {
     let consumer = consume(&channel, &queue).await;
     within(
         "consume",
-        AmqpConsumer::new(consumer, t.instrumentation.clone())
-            .run(handler, countdown.signal()),
+        AmqpConsumer::new(consumer, t.instrumentation.clone()).run(handler, countdown.signal()),
     )
     .await
     .expect("bad headers never stop the loop");
@@ -843,8 +841,7 @@ async fn parent_mode_continues_the_producer_trace() {
     let consumer = consume(&channel, &queue).await;
     within(
         "consume",
-        AmqpConsumer::new(consumer, t.instrumentation.clone())
-            .run(handler, countdown.signal()),
+        AmqpConsumer::new(consumer, t.instrumentation.clone()).run(handler, countdown.signal()),
     )
     .await
     .expect("loop");

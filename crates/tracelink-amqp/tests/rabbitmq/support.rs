@@ -219,3 +219,32 @@ pub fn same_span(
 ) -> bool {
     a.trace_id() == b.trace_id() && a.span_id() == b.span_id()
 }
+
+/// Messages delivered from `queue` and not yet acknowledged, as the broker counts them
+/// (`rabbitmqctl list_queues`); `None` when `rabbitmqctl` is not available here.
+pub fn unacked_count(queue: &str) -> Option<u32> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "--no-table-headers",
+            "-q",
+            "name",
+            "messages_unacknowledged",
+        ])
+        .output()
+        .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let line = listing
+        .lines()
+        .find(|line| line.split('\t').next() == Some(queue))
+        .unwrap_or_else(|| panic!("queue {queue} not listed by rabbitmqctl:\n{listing}"));
+    Some(
+        line.split('\t')
+            .nth(1)
+            .and_then(|n| n.trim().parse().ok())
+            .expect("a count"),
+    )
+}
