@@ -24,7 +24,7 @@ use tower::service_fn;
 use tracelink::amqp::lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
 use tracelink::amqp::lapin::types::{FieldTable, ShortString};
 use tracelink::amqp::lapin::{Connection, ConnectionProperties};
-use tracelink::amqp::{messaging_system, AmqpDelivery, ConsumeLoop};
+use tracelink::amqp::{messaging_system, AmqpConsumer, AmqpDelivery};
 use tracelink::core::IncomingMessage;
 use tracelink::Instrumentation;
 
@@ -95,8 +95,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
         })
     };
     if args.count > 0 {
-        ConsumeLoop::new(consumer, instrumentation)
-            .run_until(handler, done.notified())
+        AmqpConsumer::new(consumer, instrumentation)
+            .run(handler, done.notified())
             .await?;
     }
     channel.close(200, "done".into()).await?;

@@ -1,5 +1,5 @@
 //! Publish + consume throughput over a real RabbitMQ: raw lapin against tracelink (traced
-//! publish through `ProducerLayer` + `AmqpPublisher`, traced consume through `ConsumeLoop`), at
+//! publish through `AmqpPublisher::traced`, traced consume through `AmqpConsumer`), at
 //! 100% sampling and with sampling off, in the same run. Prints messages per second and the
 //! traced/raw ratios.
 //!
@@ -41,10 +41,10 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter};
 use tokio::sync::Notify;
-use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
-use tracelink_amqp::{messaging_system, AmqpDelivery, AmqpPublisher, ConsumeLoop, Publish};
+use tower::{service_fn, Service, ServiceExt};
+use tracelink_amqp::{messaging_system, AmqpConsumer, AmqpDelivery, AmqpPublisher, Publish};
 use tracelink_core::propagation::W3cTraceContextPropagator;
-use tracelink_core::{Instrumentation, ProducerLayer};
+use tracelink_core::Instrumentation;
 
 const MESSAGES: usize = 10_000;
 const ROUNDS: usize = 9;
@@ -96,7 +96,7 @@ enum Mode {
     RawWithHeaders,
     Sampled,
     Unsampled,
-    /// `AmqpPublisher` and `ConsumeLoop` with tracing off (a no-op tracer provider and a
+    /// `AmqpPublisher` and `AmqpConsumer` with tracing off (a no-op tracer provider and a
     /// propagator that writes nothing): what the adapter's own machinery costs.
     TracingOff,
 }
@@ -227,9 +227,7 @@ async fn run(
                     }
                 }
                 Some(instr) => {
-                    let mut publisher = ServiceBuilder::new()
-                        .layer(ProducerLayer::from(instr))
-                        .service(AmqpPublisher::new(publish_channel.clone()));
+                    let mut publisher = AmqpPublisher::new(publish_channel.clone()).traced(instr);
                     for _ in 0..messages {
                         let message = Publish::to_queue(queue.as_str().into(), &PAYLOAD[..]);
                         publisher
@@ -276,10 +274,10 @@ async fn run(
                     async { Ok::<_, Infallible>(()) }
                 })
             };
-            ConsumeLoop::new(lapin_consumer, instr.clone())
-                .run_until(handler, done.notified())
+            AmqpConsumer::new(lapin_consumer, instr.clone())
+                .run(handler, done.notified())
                 .await
-                .expect("consume loop");
+                .expect("consumer");
         }
     }
     let elapsed = started.elapsed();
