@@ -208,11 +208,7 @@ impl Settler<AmqpDelivery> for AmqpSettler {
                         })
                         .await?
                 }
-                Method::Reject => {
-                    acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await?
-                }
+                Method::Reject => acker.reject(BasicRejectOptions { requeue: false }).await?,
             };
             // Not sent: either the handler settled the delivery itself (fine), or the channel is
             // gone (the message goes back to the queue; say so rather than report success).

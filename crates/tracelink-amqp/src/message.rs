@@ -383,7 +383,11 @@ mod tests {
                 let same = delivery_destination(e, r, q)
                     == delivery_destination(exchange, routing_key, queue)
                     && r == routing_key;
-                assert_eq!(route.fits(e, r), same, "{exchange:?} {routing_key:?} vs {e:?} {r:?}");
+                assert_eq!(
+                    route.fits(e, r),
+                    same,
+                    "{exchange:?} {routing_key:?} vs {e:?} {r:?}"
+                );
             }
         }
         assert!(!Route::new(Arc::from("q"), "ex", "rk").fits("ex", "rk2"));

@@ -6,8 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use lapin::{Channel, Confirmation};
-use tower::Service;
 use tower::Layer;
+use tower::Service;
 use tracelink_core::{
     DefaultErrorType, Instrumentation, ProducerLayer, ProducerService, PublishResponse,
 };
@@ -60,7 +60,10 @@ impl<P> AmqpPublisher<P> {
 
     /// This publisher inside a PRODUCER span per message, with spans and metrics per
     /// `instrumentation`: the same as `ProducerLayer::from(instrumentation).layer(self)`.
-    pub fn traced(self, instrumentation: Instrumentation) -> ProducerService<Self, DefaultErrorType> {
+    pub fn traced(
+        self,
+        instrumentation: Instrumentation,
+    ) -> ProducerService<Self, DefaultErrorType> {
         ProducerLayer::from(instrumentation).layer(self)
     }
 
