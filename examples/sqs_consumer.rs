@@ -20,8 +20,9 @@ use std::sync::Arc;
 
 use clap::Parser;
 use opentelemetry::Context;
+use tokio::sync::Notify;
 use tower::service_fn;
-use tracelink::sqs::{ReceivedMessage, SqsConsumer};
+use tracelink::sqs::{ReceivedMessage, SqsConsumer, SqsSource};
 use tracelink::Instrumentation;
 
 #[derive(Parser)]
@@ -46,24 +47,26 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let instrumentation = Instrumentation::new(system);
 
     let processed = Arc::new(AtomicUsize::new(0));
-    let (counter, printer) = (processed.clone(), instrumentation.clone());
-    let mut consumer = SqsConsumer::builder(client, &queue_url, instrumentation).build(service_fn(
-        move |message: ReceivedMessage| {
-            // The process span is current while the handler is called.
-            let link = printer.producer_context(&message);
-            common::print_processed(message.queue_name(), &Context::current(), link.as_ref());
-            counter.fetch_add(1, Ordering::Relaxed);
-            async { Ok::<_, Infallible>(()) }
-        },
-    ));
-    loop {
-        let left = args.count.saturating_sub(processed.load(Ordering::Relaxed));
-        if left == 0 {
-            break;
+    let done = Arc::new(Notify::new());
+    let (counter, finished, printer) = (processed.clone(), done.clone(), instrumentation.clone());
+    let count = args.count;
+    let handler = service_fn(move |message: ReceivedMessage| {
+        // The process span is current while the handler is called.
+        let link = printer.producer_context(&message);
+        common::print_processed(message.queue_name(), &Context::current(), link.as_ref());
+        if counter.fetch_add(1, Ordering::Relaxed) + 1 >= count {
+            finished.notify_one();
         }
-        // Never take more messages than are still wanted: the rest stay in the queue.
-        consumer.set_max_messages(left.min(10) as i32);
-        consumer.poll().await?;
+        async { Ok::<_, Infallible>(()) }
+    });
+    if count == 0 {
+        return Ok(());
     }
+    // Stop after `--count` messages: what was received beyond them goes back to the queue at
+    // once (visibility 0), and the last handler's message is deleted before `run` returns.
+    SqsConsumer::new(SqsSource::new(client, queue_url), instrumentation)
+        .with_prefetch(count.min(10))
+        .run(handler, done.notified())
+        .await?;
     Ok(())
 }

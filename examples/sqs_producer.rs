@@ -17,7 +17,7 @@ use clap::Parser;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tracelink::sqs::{SendRequest, SqsSender};
+use tracelink::sqs::{SendRequest, SqsPublisher};
 use tracelink::{Instrumentation, ProducerLayer};
 
 #[derive(Parser)]
@@ -50,10 +50,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let queue_url = common::sqs::ensure_queue(&client, &args.queue).await?;
     let instrumentation = Instrumentation::new(system);
 
+    // `SqsPublisher::new(client).traced(instrumentation)` is the whole traced service; the
+    // example layers it by hand to print the producer span from inside it.
     let mut sender = ServiceBuilder::new()
-        .layer(ProducerLayer::from(instrumentation.clone()))
+        .layer(ProducerLayer::from(instrumentation))
         .map_request(print_sent)
-        .service(SqsSender::new(client, instrumentation));
+        .service(SqsPublisher::new(client));
     for i in 0..args.count {
         let request = SendRequest::new(&queue_url, format!("message {i}"));
         sender.ready().await?.call(request).await?;

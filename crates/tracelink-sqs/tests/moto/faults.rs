@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::sync::mpsc;
 use tower::{service_fn, Service, ServiceExt};
-use tracelink_sqs::{ReceivedMessage, SendRequest, SqsConsumer, SqsSender};
+use tracelink_sqs::{ReceivedMessage, SendRequest, SqsConsumer, SqsPublisher, SqsSource};
 
 use crate::support::*;
 
@@ -25,7 +25,7 @@ async fn consumer_stopped_before_deleting_loses_nothing() {
     )
     .await;
     let t = telemetry();
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone()).traced();
+    let mut send = SqsPublisher::new(client.clone()).traced(t.instrumentation.clone());
     for i in 0..COUNT {
         send.ready()
             .await
@@ -37,32 +37,36 @@ async fn consumer_stopped_before_deleting_loses_nothing() {
 
     // The doomed consumer: its handlers never finish.
     let (started_tx, mut started_rx) = mpsc::unbounded_channel::<String>();
-    let mut doomed = SqsConsumer::builder(client.clone(), &url, t.instrumentation.clone())
-        .with_wait_time(Duration::from_secs(1))
-        .with_max_messages(10)
-        .build(service_fn(move |m: ReceivedMessage| {
-            let _ = started_tx.send(m.body().to_owned());
-            async {
-                std::future::pending::<()>().await;
-                Ok::<_, Infallible>(())
-            }
-        }));
+    let doomed = SqsConsumer::new(
+        SqsSource::new(client.clone(), &url)
+            .with_wait_time(Duration::from_secs(1))
+            .with_max_messages(10),
+        t.instrumentation.clone(),
+    )
+    .with_concurrency(COUNT);
+    let handler = service_fn(move |m: ReceivedMessage| {
+        let _ = started_tx.send(m.body().to_owned());
+        async {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(())
+        }
+    });
+    let run = doomed.run(handler, std::future::pending::<()>());
     let mut started = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     {
-        let poll = doomed.poll();
-        tokio::pin!(poll);
+        tokio::pin!(run);
         while started.is_empty() {
             assert!(Instant::now() < deadline, "no handler started");
             tokio::select! {
-                result = &mut poll => panic!("a poll with stuck handlers returned: {result:?}"),
+                result = &mut run => panic!("a consumer with stuck handlers returned: {result:?}"),
                 Some(body) = started_rx.recv() => { started.insert(body); }
             }
         }
-        // Let the rest of the received batch reach its handlers, then stop mid-handler.
-        let _ = tokio::time::timeout(Duration::from_millis(300), &mut poll).await;
+        // Let the rest of the received batch reach its handlers, then drop the consumer
+        // mid-handler, as a crash would.
+        let _ = tokio::time::timeout(Duration::from_millis(300), &mut run).await;
     }
-    drop(doomed);
     while let Ok(body) = started_rx.try_recv() {
         started.insert(body);
     }
@@ -75,21 +79,26 @@ async fn consumer_stopped_before_deleting_loses_nothing() {
     // After the visibility timeout, a new consumer receives everything, the held ones included.
     let handled = Arc::new(Mutex::new(Vec::new()));
     let log = handled.clone();
-    let mut fresh = SqsConsumer::builder(client.clone(), &url, t.instrumentation.clone())
-        .with_wait_time(Duration::from_secs(1))
-        .build(service_fn(move |m: ReceivedMessage| {
-            log.lock().unwrap().push(m.body().to_owned());
-            async { Ok::<_, Infallible>(()) }
-        }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while handled.lock().unwrap().len() < COUNT {
-        assert!(
-            Instant::now() < deadline,
-            "only {:?} came back",
-            handled.lock().unwrap()
-        );
-        fresh.poll().await.unwrap();
-    }
+    let fresh = SqsConsumer::new(
+        SqsSource::new(client.clone(), &url).with_wait_time(Duration::from_secs(1)),
+        t.instrumentation.clone(),
+    );
+    let handler = service_fn(move |m: ReceivedMessage| {
+        log.lock().unwrap().push(m.body().to_owned());
+        async { Ok::<_, Infallible>(()) }
+    });
+    let all_back = {
+        let handled = handled.clone();
+        async move {
+            while handled.lock().unwrap().len() < COUNT {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), fresh.run(handler, all_back))
+        .await
+        .unwrap_or_else(|_| panic!("only {:?} came back", handled.lock().unwrap()))
+        .unwrap();
     let handled: BTreeSet<String> = handled.lock().unwrap().iter().cloned().collect();
     assert_eq!(
         handled,

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_sqs::primitives::Blob;
 use aws_sdk_sqs::types::MessageAttributeValue;
@@ -14,7 +14,9 @@ use opentelemetry::trace::{SpanId, TraceContextExt};
 use opentelemetry::Context;
 use tower::{service_fn, Service, ServiceExt};
 use tracelink_core::Instrumentation;
-use tracelink_sqs::{messaging_system, ReceivedMessage, SendRequest, SqsConsumer, SqsSender};
+use tracelink_sqs::{
+    messaging_system, ReceivedMessage, SendRequest, SqsConsumer, SqsPublisher, SqsSource,
+};
 use tracelink_testkit::{
     baggage_size, check_baggage, check_process_span, corpus, w3c_propagator, Case, Expect,
 };
@@ -91,7 +93,7 @@ async fn hostile_attributes_are_delivered_once_with_fresh_roots() {
     for (name, value) in ten_user_attributes() {
         request = request.with_attribute(name, value);
     }
-    let mut sender = SqsSender::new(client.clone(), instrumentation.clone()).traced();
+    let mut sender = SqsPublisher::new(client.clone()).traced(instrumentation.clone());
     sender
         .ready()
         .await
@@ -108,37 +110,44 @@ async fn hostile_attributes_are_delivered_once_with_fresh_roots() {
     let seen: Arc<Mutex<BTreeMap<String, Vec<Seen>>>> = Arc::default();
     let handler_seen = seen.clone();
     // "All": the corpus has `Traceparent` as Go clients spell it, which SQS names exactly.
-    let mut consumer = SqsConsumer::builder(client.clone(), &url, instrumentation)
+    let source = SqsSource::new(client.clone(), &url)
         .with_wait_time(Duration::from_secs(1))
-        .with_message_attribute_names(["All"])
-        .build(service_fn(move |m: ReceivedMessage| {
-            let cx = Context::current();
-            handler_seen
-                .lock()
-                .unwrap()
-                .entry(m.body().to_owned())
-                .or_default()
-                .push(Seen {
-                    span_id: cx.span().span_context().span_id(),
-                    baggage: baggage_size(&cx),
-                });
-            async { Ok::<_, std::convert::Infallible>(()) }
-        }));
+        .with_message_attribute_names(["All"]);
+    let handler = service_fn(move |m: ReceivedMessage| {
+        let cx = Context::current();
+        handler_seen
+            .lock()
+            .unwrap()
+            .entry(m.body().to_owned())
+            .or_default()
+            .push(Seen {
+                span_id: cx.span().span_context().span_id(),
+                baggage: baggage_size(&cx),
+            });
+        async { Ok::<_, std::convert::Infallible>(()) }
+    });
     let expected = cases.len() - refused.len() + 2;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.lock().unwrap().values().map(Vec::len).sum::<usize>() < expected {
-        assert!(
-            Instant::now() < deadline,
-            "handled only {:?}",
-            seen.lock().unwrap().keys()
-        );
-        consumer
-            .poll()
-            .await
-            .expect("hostile attributes never fail a poll");
-    }
-    // One more poll: nothing comes back (every message was deleted after its handler).
-    consumer.poll().await.unwrap();
+    let all_handled = {
+        let seen = seen.clone();
+        async move {
+            while seen.lock().unwrap().values().map(Vec::len).sum::<usize>() < expected {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        SqsConsumer::new(source.clone(), instrumentation.clone()).run(handler.clone(), all_handled),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("handled only {:?}", seen.lock().unwrap().keys()))
+    .expect("hostile attributes never stop the consumer");
+    // Another two seconds of consuming: nothing comes back (every message was deleted after its
+    // handler).
+    SqsConsumer::new(source, instrumentation)
+        .run(handler, tokio::time::sleep(Duration::from_secs(2)))
+        .await
+        .unwrap();
 
     let seen = seen.lock().unwrap().clone();
     let spans = t.spans();

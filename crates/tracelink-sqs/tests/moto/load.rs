@@ -1,14 +1,14 @@
-//! Load (issue 9) against moto: `N` messages through the traced batch `SqsSender` and
+//! Load (issue 9) against moto: `N` messages through the traced batch `SqsPublisher` and
 //! `SqsConsumer`, with the handler failing 10% of first attempts (chosen by a seeded LCG). A
-//! failed message is made visible again at once (`OnFailure::ChangeVisibility(0)`), the queue's
+//! failed message is made visible again at once (`OnFailure::RedeliverAfter(0)`), the queue's
 //! visibility timeout (30 s) is far longer than any handler here, so nothing is redelivered
 //! without cause. Every message must succeed in the end, none is lost, a failed message is
 //! received again (it was not deleted before its handler succeeded), the queues are empty at
 //! the end, and every `process` span links to its message's `create` (PRODUCER) span.
 //!
 //! The messages are spread over [`QUEUES`] queues worked at once. On each queue one task sends
-//! [`CHUNK`] messages (one `SendMessageBatch`) and consumes until all of them succeeded, then
-//! sends the next: moto's cost per message grows with the messages stored in the queue, so a
+//! [`CHUNK`] messages (one `SendMessageBatch`) and waits until the queue's consumer (running
+//! beside it for the whole lane) handled all of them, then sends the next: moto's cost per message grows with the messages stored in the queue, so a
 //! short queue is what makes `N` reachable, and one task per queue because moto does not
 //! serialise concurrent requests on one queue (see docs/RELIABILITY.md). `N` is set by moto's
 //! pace, not tracelink's: about 2.6 ms of moto CPU per message, on one core.
@@ -24,9 +24,9 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData};
 use opentelemetry_semantic_conventions::attribute as attr;
 use tower::{service_fn, Service, ServiceExt};
-use tracelink_core::Instrumentation;
+use tracelink_core::{Instrumentation, OnFailure};
 use tracelink_sqs::{
-    messaging_system, OnFailure, ReceivedMessage, SendRequest, SqsConsumer, SqsSender,
+    messaging_system, ReceivedMessage, SendRequest, SqsConsumer, SqsPublisher, SqsSource,
 };
 
 use crate::support::*;
@@ -91,7 +91,6 @@ async fn run(n: usize) {
     let attempts: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
     let successes: Arc<Vec<AtomicU32>> = Arc::new((0..n).map(|_| AtomicU32::new(0)).collect());
     let distinct = Arc::new(AtomicUsize::new(0));
-    let receives = Arc::new(AtomicUsize::new(0));
 
     // Queue `q` carries the messages `i` with `i % queues == q`, a chunk at a time.
     let mut lanes = tokio::task::JoinSet::new();
@@ -121,14 +120,31 @@ async fn run(n: usize) {
                 async move { result }
             })
         };
-        let mut consumer = SqsConsumer::builder(client.clone(), url, instrumentation.clone())
-            .with_wait_time(Duration::from_secs(1))
-            .with_max_messages(10)
-            .on_failure(OnFailure::ChangeVisibility(Duration::ZERO))
-            .build(handler);
+        let consumer = SqsConsumer::new(
+            SqsSource::new(client.clone(), url)
+                .with_wait_time(Duration::from_secs(1))
+                .with_max_messages(10),
+            instrumentation.clone(),
+        )
+        .on_failure(OnFailure::RedeliverAfter(Duration::ZERO));
+        // The consumer runs for the whole lane: it stops once every message of its queue
+        // succeeded (a receive dropped then finds the queue empty, as nothing more is sent).
+        let total = ids.len();
+        let lane_done = done.clone();
+        lanes.spawn(async move {
+            let all_handled = async move {
+                while lane_done.load(Ordering::SeqCst) < total {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            consumer
+                .run(handler, all_handled)
+                .await
+                .unwrap_or_else(|e| panic!("consuming failed: {e:?}"));
+        });
         // Batches of 10 (`SendMessageBatch`, one `create` PRODUCER span per message).
-        let mut send = SqsSender::new(client.clone(), instrumentation.clone()).traced_batch();
-        let (url, receives) = (url.clone(), receives.clone());
+        let mut send = SqsPublisher::new(client.clone()).traced_batch(instrumentation.clone());
+        let url = url.clone();
         lanes.spawn(async move {
             for chunk in ids.chunks(chunk_len) {
                 for batch in chunk.chunks(10) {
@@ -149,13 +165,7 @@ async fn run(n: usize) {
                 }
                 let target = done.load(Ordering::SeqCst) + chunk.len();
                 while done.load(Ordering::SeqCst) < target {
-                    let outcome = consumer.poll().await.expect("poll");
-                    receives.fetch_add(1, Ordering::SeqCst);
-                    assert!(
-                        outcome.settle_errors.is_empty(),
-                        "settling failed: {:?}",
-                        outcome.settle_errors
-                    );
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }
         });
@@ -163,10 +173,7 @@ async fn run(n: usize) {
     while let Some(lane) = lanes.join_next().await {
         lane.unwrap();
     }
-    eprintln!(
-        "sqs (moto) load: {queues} queues, chunks of {chunk_len}, {} receives",
-        receives.load(Ordering::SeqCst)
-    );
+    eprintln!("sqs (moto) load: {queues} queues, chunks of {chunk_len}");
 
     // Every message succeeded once; a failed first attempt came back (it had not been deleted)
     // and succeeded on its second; nothing came back without cause.

@@ -5,6 +5,7 @@
 
 mod faults;
 mod hostile;
+mod lifecycle;
 mod load;
 mod support;
 
@@ -12,6 +13,8 @@ use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use std::fmt::Debug;
 
 use aws_sdk_sqs::types::{
     MessageAttributeValue, MessageSystemAttributeName, MessageSystemAttributeNameForSends,
@@ -24,9 +27,10 @@ use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_semantic_conventions::attribute as semconv;
 use tower::{service_fn, Service, ServiceExt};
+use tracelink_core::{ClassifyError, OnFailure};
 use tracelink_sqs::{
-    ContextSource, OnFailure, OverflowPolicy, ReceivedMessage, SendRequest, SqsConsumer, SqsSender,
-    TraceCarrier,
+    ContextSource, OverflowPolicy, ReceivedMessage, SendRequest, SqsConsumer, SqsPublisher,
+    SqsSource, TraceCarrier,
 };
 
 use support::*;
@@ -59,53 +63,63 @@ fn seen(message: &ReceivedMessage) -> Seen {
     }
 }
 
-/// Polls `consumer` until `log` holds `n` entries (fails after 30 s).
-async fn poll_until<S, C>(consumer: &mut SqsConsumer<S, C>, log: &Log, n: usize)
-where
-    S: Service<ReceivedMessage>,
-    C: tracelink_core::ClassifyError<S::Error> + Clone,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
+/// Completes once `log` holds `n` entries.
+async fn logged(log: Log, n: usize) {
     while log.lock().unwrap().len() < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {:?} of {n} messages handled",
-            log.lock().unwrap()
-        );
-        consumer.poll().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-fn recording_consumer(
-    client: &aws_sdk_sqs::Client,
-    url: &str,
-    t: &Telemetry,
-) -> (
-    SqsConsumer<impl Service<ReceivedMessage, Error = Infallible>>,
-    Log,
-) {
-    recording_consumer_of(client, url, t, &[])
+/// Runs `consumer` with `handler` until `log` holds `n` entries (fails after 30 s); the
+/// consumer then stops as on shutdown: it settles what it handled and gives back the rest.
+async fn poll_until<H, C>(consumer: SqsConsumer<C>, handler: H, log: &Log, n: usize)
+where
+    H: Service<ReceivedMessage>,
+    H::Error: Debug,
+    C: ClassifyError<H::Error> + Clone,
+{
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer.run(handler, logged(log.clone(), n)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("only {:?} of {n} messages handled", log.lock().unwrap()))
+    .unwrap();
 }
 
-fn recording_consumer_of(
+/// A source with a 1 s long poll.
+fn source(client: &aws_sdk_sqs::Client, url: &str) -> SqsSource {
+    SqsSource::new(client.clone(), url).with_wait_time(Duration::from_secs(1))
+}
+
+/// A handler that records what it saw in the log.
+fn recorder(log: &Log) -> impl Service<ReceivedMessage, Error = Infallible> + Clone {
+    let log = log.clone();
+    service_fn(move |m: ReceivedMessage| {
+        log.lock().unwrap().push(seen(&m));
+        async { Ok::<_, Infallible>(()) }
+    })
+}
+
+/// Consumes `url` with a recording handler until `n` messages were handled.
+async fn record(client: &aws_sdk_sqs::Client, url: &str, t: &Telemetry, n: usize) -> Log {
+    record_with(client, url, t, &[], n).await
+}
+
+async fn record_with(
     client: &aws_sdk_sqs::Client,
     url: &str,
     t: &Telemetry,
     attribute_names: &[&str],
-) -> (
-    SqsConsumer<impl Service<ReceivedMessage, Error = Infallible>>,
-    Log,
-) {
+    n: usize,
+) -> Log {
     let log: Log = Arc::default();
-    let handler_log = log.clone();
-    let consumer = SqsConsumer::builder(client.clone(), url, t.instrumentation.clone())
-        .with_wait_time(Duration::from_secs(1))
-        .with_message_attribute_names(attribute_names.iter().copied())
-        .build(service_fn(move |m: ReceivedMessage| {
-            handler_log.lock().unwrap().push(seen(&m));
-            async { Ok::<_, Infallible>(()) }
-        }));
-    (consumer, log)
+    let consumer = SqsConsumer::new(
+        source(client, url).with_message_attribute_names(attribute_names.iter().copied()),
+        t.instrumentation.clone(),
+    );
+    poll_until(consumer, recorder(&log), &log, n).await;
+    log
 }
 
 fn user_attributes(n: usize) -> Vec<(String, MessageAttributeValue)> {
@@ -128,7 +142,7 @@ async fn send_and_receive_link_the_process_span_to_the_producer() {
     let name = tracelink_sqs::queue_name(&url).to_owned();
     let t = telemetry();
 
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone()).traced();
+    let mut send = SqsPublisher::new(client.clone()).traced(t.instrumentation.clone());
     let sent = send
         .ready()
         .await
@@ -137,8 +151,7 @@ async fn send_and_receive_link_the_process_span_to_the_producer() {
         .await
         .unwrap();
 
-    let (mut consumer, log) = recording_consumer(&client, &url, &t);
-    poll_until(&mut consumer, &log, 1).await;
+    let log = record(&client, &url, &t, 1).await;
 
     let producer = t.one(&format!("send {name}"));
     assert_kind(&producer, SpanKind::Producer);
@@ -224,7 +237,7 @@ async fn batch_send_gives_each_message_its_own_context_and_records_a_refused_ent
     let name = tracelink_sqs::queue_name(&url).to_owned();
     let t = telemetry();
 
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone()).traced_batch();
+    let mut send = SqsPublisher::new(client.clone()).traced_batch(t.instrumentation.clone());
     let batch = vec![
         SendRequest::new(&url, "a"),
         // moto (like SQS) refuses a delay above 900 s for this entry only.
@@ -275,17 +288,16 @@ async fn batch_send_gives_each_message_its_own_context_and_records_a_refused_ent
     let handler_log = log.clone();
     let ids_seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let handler_ids = ids_seen.clone();
-    let mut consumer = SqsConsumer::builder(client.clone(), &url, t.instrumentation.clone())
-        .with_wait_time(Duration::from_secs(1))
-        .build(service_fn(move |m: ReceivedMessage| {
-            handler_log.lock().unwrap().push(seen(&m));
-            handler_ids
-                .lock()
-                .unwrap()
-                .push(m.message().message_id().unwrap().to_owned());
-            async { Ok::<_, Infallible>(()) }
-        }));
-    poll_until(&mut consumer, &log, 2).await;
+    let consumer = SqsConsumer::new(source(&client, &url), t.instrumentation.clone());
+    let handler = service_fn(move |m: ReceivedMessage| {
+        handler_log.lock().unwrap().push(seen(&m));
+        handler_ids
+            .lock()
+            .unwrap()
+            .push(m.message().message_id().unwrap().to_owned());
+        async { Ok::<_, Infallible>(()) }
+    });
+    poll_until(consumer, handler, &log, 2).await;
 
     let processes = t.named(&format!("process {name}"));
     assert_eq!(processes.len(), 2);
@@ -320,10 +332,17 @@ async fn send_crowded(
     for (k, v) in user_attributes(user) {
         request = request.with_attribute(k, v);
     }
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone())
+    let instrumentation = tracelink_core::Instrumentation::builder(
+        tracelink_sqs::messaging_system(Some(&endpoint()), Some("us-east-1")),
+    )
+    .with_tracer_provider(&t.provider)
+    .with_meter_provider(meter)
+    .with_propagator(w3c())
+    .build();
+    // The overflow counter is on the instrumentation's meter.
+    let mut send = SqsPublisher::new(client.clone())
         .with_overflow_policy(policy)
-        .with_meter_provider(meter)
-        .traced();
+        .traced(instrumentation);
     let cx = if baggage {
         Context::new().with_baggage([KeyValue::new("user", "42")])
     } else {
@@ -418,8 +437,7 @@ async fn ten_attribute_limit_falls_back_to_aws_trace_header() {
         "the overflow is noted on the producer span"
     );
 
-    let (mut consumer, log) = recording_consumer_of(&client, &url, &t, &["All"]);
-    poll_until(&mut consumer, &log, 3).await;
+    let log = record_with(&client, &url, &t, &["All"], 3).await;
     let seen = log.lock().unwrap().clone();
     let with_context: Vec<_> = seen
         .iter()
@@ -469,8 +487,7 @@ async fn ten_attribute_limit_without_fallback_skips_the_context() {
     send_crowded(&client, &url, &t, 10, false, OverflowPolicy::Skip, &meter).await;
     assert_eq!(overflow_count(&metrics, &meter), 2);
 
-    let (mut consumer, log) = recording_consumer_of(&client, &url, &t, &["All"]);
-    poll_until(&mut consumer, &log, 3).await;
+    let log = record_with(&client, &url, &t, &["All"], 3).await;
     let seen = log.lock().unwrap().clone();
     let none: Vec<_> = seen
         .iter()
@@ -532,15 +549,11 @@ async fn aws_trace_header_is_read_when_no_attribute_carries_a_context() {
     .with_captured_headers(["tenant"])
     .build();
     let log: Log = Arc::default();
-    let handler_log = log.clone();
-    let mut consumer = SqsConsumer::builder(client.clone(), &url, instrumentation)
-        .with_wait_time(Duration::from_secs(1))
-        .with_message_attribute_names(["tenant"])
-        .build(service_fn(move |m: ReceivedMessage| {
-            handler_log.lock().unwrap().push(seen(&m));
-            async { Ok::<_, Infallible>(()) }
-        }));
-    poll_until(&mut consumer, &log, 1).await;
+    let consumer = SqsConsumer::new(
+        source(&client, &url).with_message_attribute_names(["tenant"]),
+        instrumentation,
+    );
+    poll_until(consumer, recorder(&log), &log, 1).await;
     assert_eq!(log.lock().unwrap()[0].source, ContextSource::AwsTraceHeader);
     let process = t.one(&format!("process {}", tracelink_sqs::queue_name(&url)));
     assert_eq!(
@@ -558,9 +571,9 @@ async fn aws_trace_header_as_the_chosen_carrier() {
     let client = client().await;
     let url = queue(&client, "xray-out", &[]).await;
     let t = telemetry();
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone())
+    let mut send = SqsPublisher::new(client.clone())
         .with_carrier(TraceCarrier::AwsTraceHeader)
-        .traced();
+        .traced(t.instrumentation.clone());
     send.ready()
         .await
         .unwrap()
@@ -569,8 +582,7 @@ async fn aws_trace_header_as_the_chosen_carrier() {
         .unwrap();
     let producer = t.one(&format!("send {}", tracelink_sqs::queue_name(&url)));
 
-    let (mut consumer, log) = recording_consumer(&client, &url, &t);
-    poll_until(&mut consumer, &log, 1).await;
+    let log = record(&client, &url, &t, 1).await;
     let seen = log.lock().unwrap()[0].clone();
     assert!(seen.attributes.is_empty(), "{seen:?}");
     assert_eq!(seen.source, ContextSource::AwsTraceHeader);
@@ -603,8 +615,7 @@ async fn sns_envelope_carries_the_context() {
         .await
         .unwrap();
 
-    let (mut consumer, log) = recording_consumer(&client, &url, &t);
-    poll_until(&mut consumer, &log, 1).await;
+    let log = record(&client, &url, &t, 1).await;
     assert_eq!(log.lock().unwrap()[0].source, ContextSource::SnsEnvelope);
     let process = t.one(&format!("process {}", tracelink_sqs::queue_name(&url)));
     assert_eq!(
@@ -626,7 +637,7 @@ async fn failing_handler_is_redelivered(on_failure: OnFailure, test: &str) {
     .await;
     let name = tracelink_sqs::queue_name(&url).to_owned();
     let t = telemetry();
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone()).traced();
+    let mut send = SqsPublisher::new(client.clone()).traced(t.instrumentation.clone());
     for body in ["m1", "m2"] {
         send.ready()
             .await
@@ -639,22 +650,22 @@ async fn failing_handler_is_redelivered(on_failure: OnFailure, test: &str) {
     let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let log: Log = Arc::default();
     let (handler_attempts, handler_log) = (attempts.clone(), log.clone());
-    let mut consumer = SqsConsumer::builder(client.clone(), &url, t.instrumentation.clone())
-        .with_wait_time(Duration::from_secs(1))
-        .on_failure(on_failure)
-        .build(service_fn(move |m: ReceivedMessage| {
-            let mut attempts = handler_attempts.lock().unwrap();
-            let n = attempts.entry(m.body().to_owned()).or_default();
-            *n += 1;
-            let result = if *n == 1 {
-                Err(std::io::Error::other("first attempt fails"))
-            } else {
-                handler_log.lock().unwrap().push(seen(&m));
-                Ok(())
-            };
-            async move { result }
-        }));
-    poll_until(&mut consumer, &log, 2).await;
+    let consumer = SqsConsumer::new(source(&client, &url), t.instrumentation.clone())
+        .with_concurrency(2)
+        .on_failure(on_failure);
+    let handler = service_fn(move |m: ReceivedMessage| {
+        let mut attempts = handler_attempts.lock().unwrap();
+        let n = attempts.entry(m.body().to_owned()).or_default();
+        *n += 1;
+        let result = if *n == 1 {
+            Err(std::io::Error::other("first attempt fails"))
+        } else {
+            handler_log.lock().unwrap().push(seen(&m));
+            Ok(())
+        };
+        async move { result }
+    });
+    poll_until(consumer, handler, &log, 2).await;
 
     let mut bodies: Vec<_> = log.lock().unwrap().iter().map(|s| s.body.clone()).collect();
     bodies.sort();
@@ -694,12 +705,12 @@ async fn failing_handler_is_redelivered(on_failure: OnFailure, test: &str) {
 
 #[tokio::test]
 async fn failing_handler_waits_for_the_visibility_timeout() {
-    failing_handler_is_redelivered(OnFailure::WaitForVisibilityTimeout, "redeliver-wait").await;
+    failing_handler_is_redelivered(OnFailure::Redeliver, "redeliver-wait").await;
 }
 
 #[tokio::test]
 async fn failing_handler_with_visibility_reset() {
-    failing_handler_is_redelivered(OnFailure::ChangeVisibility(Duration::ZERO), "redeliver-now")
+    failing_handler_is_redelivered(OnFailure::RedeliverAfter(Duration::ZERO), "redeliver-now")
         .await;
 }
 
@@ -709,7 +720,7 @@ async fn user_attribute_names_still_return_the_propagators_fields() {
     let t = telemetry();
     for (test, names) in [("names-own", vec!["tenant"]), ("names-all", vec!["All"])] {
         let url = queue(&client, test, &[]).await;
-        let mut send = SqsSender::new(client.clone(), t.instrumentation.clone()).traced();
+        let mut send = SqsPublisher::new(client.clone()).traced(t.instrumentation.clone());
         let request = SendRequest::new(&url, "x")
             .with_string_attribute("tenant", "acme")
             .with_string_attribute("other", "y");
@@ -721,18 +732,21 @@ async fn user_attribute_names_still_return_the_propagators_fields() {
 
         let log: Log = Arc::default();
         let handler_log = log.clone();
-        let mut consumer = SqsConsumer::builder(client.clone(), &url, t.instrumentation.clone())
-            .with_wait_time(Duration::from_secs(1))
-            .with_message_attribute_names(names.clone())
-            .with_system_attribute_names([MessageSystemAttributeName::SentTimestamp])
-            .build(service_fn(move |m: ReceivedMessage| {
-                assert!(m
-                    .system_attribute(&MessageSystemAttributeName::SentTimestamp)
-                    .is_some());
-                handler_log.lock().unwrap().push(seen(&m));
-                async { Ok::<_, Infallible>(()) }
-            }));
-        poll_until(&mut consumer, &log, 1).await;
+        let consumer = SqsConsumer::new(
+            source(&client, &url)
+                .with_message_attribute_names(names.clone())
+                .with_system_attribute_names([MessageSystemAttributeName::SentTimestamp]),
+            t.instrumentation.clone(),
+        );
+        let asked_for = consumer.source().message_attribute_names().to_vec();
+        let handler = service_fn(move |m: ReceivedMessage| {
+            assert!(m
+                .system_attribute(&MessageSystemAttributeName::SentTimestamp)
+                .is_some());
+            handler_log.lock().unwrap().push(seen(&m));
+            async { Ok::<_, Infallible>(()) }
+        });
+        poll_until(consumer, handler, &log, 1).await;
         let seen = log.lock().unwrap()[0].clone();
         let expected: &[&str] = if names == ["All"] {
             &["baggage", "other", "tenant", "traceparent"]
@@ -742,7 +756,7 @@ async fn user_attribute_names_still_return_the_propagators_fields() {
         assert_eq!(seen.attributes, expected, "{test}");
         assert_eq!(seen.source, ContextSource::MessageAttributes);
         if names == ["All"] {
-            assert_eq!(consumer.message_attribute_names(), ["All"]);
+            assert_eq!(asked_for, ["All"]);
         }
     }
 }
@@ -753,7 +767,7 @@ async fn send_to_a_missing_queue_records_the_sqs_error_code() {
     let url = queue(&client, "exists", &[]).await;
     let missing = format!("{url}-missing");
     let t = telemetry();
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone()).traced();
+    let mut send = SqsPublisher::new(client.clone()).traced(t.instrumentation.clone());
     let err = send
         .ready()
         .await
@@ -771,7 +785,7 @@ async fn handler_spans_are_children_of_the_process_span() {
     let client = client().await;
     let url = queue(&client, "nested", &[]).await;
     let t = telemetry();
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone()).traced();
+    let mut send = SqsPublisher::new(client.clone()).traced(t.instrumentation.clone());
     send.ready()
         .await
         .unwrap()
@@ -782,15 +796,14 @@ async fn handler_spans_are_children_of_the_process_span() {
     let tracer = t.provider.tracer("handler");
     let log: Log = Arc::default();
     let handler_log = log.clone();
-    let mut consumer = SqsConsumer::builder(client.clone(), &url, t.instrumentation.clone())
-        .with_wait_time(Duration::from_secs(1))
-        .build(service_fn(move |m: ReceivedMessage| {
-            let span = tracer.start("handle");
-            drop(span);
-            handler_log.lock().unwrap().push(seen(&m));
-            async { Ok::<_, Infallible>(()) }
-        }));
-    poll_until(&mut consumer, &log, 1).await;
+    let consumer = SqsConsumer::new(source(&client, &url), t.instrumentation.clone());
+    let handler = service_fn(move |m: ReceivedMessage| {
+        let span = tracer.start("handle");
+        drop(span);
+        handler_log.lock().unwrap().push(seen(&m));
+        async { Ok::<_, Infallible>(()) }
+    });
+    poll_until(consumer, handler, &log, 1).await;
     let process = t.one(&format!("process {}", tracelink_sqs::queue_name(&url)));
     let handle = t.one("handle");
     assert_eq!(handle.parent_span_id, process.span_context.span_id());
@@ -813,7 +826,7 @@ async fn parent_mode_continues_the_producers_trace() {
     .with_propagator(w3c())
     .with_link_mode(tracelink_core::LinkMode::Parent)
     .build();
-    let mut send = SqsSender::new(client.clone(), instrumentation.clone()).traced();
+    let mut send = SqsPublisher::new(client.clone()).traced(instrumentation.clone());
     send.ready()
         .await
         .unwrap()
@@ -822,14 +835,8 @@ async fn parent_mode_continues_the_producers_trace() {
         .unwrap();
 
     let log: Log = Arc::default();
-    let handler_log = log.clone();
-    let mut consumer = SqsConsumer::builder(client.clone(), &url, instrumentation)
-        .with_wait_time(Duration::from_secs(1))
-        .build(service_fn(move |m: ReceivedMessage| {
-            handler_log.lock().unwrap().push(seen(&m));
-            async { Ok::<_, Infallible>(()) }
-        }));
-    poll_until(&mut consumer, &log, 1).await;
+    let consumer = SqsConsumer::new(source(&client, &url), instrumentation);
+    poll_until(consumer, recorder(&log), &log, 1).await;
     let name = tracelink_sqs::queue_name(&url);
     let producer = t.one(&format!("send {name}"));
     let process = t.one(&format!("process {name}"));
@@ -850,9 +857,23 @@ async fn receive_from_a_missing_queue_fails_with_the_sqs_code() {
     let client = client().await;
     let url = queue(&client, "gone", &[]).await;
     let t = telemetry();
-    let (mut consumer, _log) = recording_consumer(&client, &format!("{url}-missing"), &t);
-    let err = consumer.poll().await.unwrap_err();
-    assert_eq!(err.code(), "AWS.SimpleQueueService.NonExistentQueue");
+    let consumer = SqsConsumer::new(
+        source(&client, &format!("{url}-missing")),
+        t.instrumentation.clone(),
+    );
+    let err = consumer
+        .run(recorder(&Log::default()), std::future::pending::<()>())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.client_error_type(),
+        "AWS.SimpleQueueService.NonExistentQueue"
+    );
+    let tracelink_core::ConsumeError::Receive { source, .. } = err else {
+        panic!("a receive error: {err:?}");
+    };
+    let sqs = source.downcast_ref::<tracelink_sqs::SqsError>().unwrap();
+    assert_eq!(sqs.code(), "AWS.SimpleQueueService.NonExistentQueue");
     let spans = t.spans();
     assert_eq!(spans.len(), 1, "one failed receive span");
     assert_eq!(spans[0].span_kind, SpanKind::Client);
@@ -878,7 +899,7 @@ async fn fifo_order_holds_when_a_handler_fails() {
         .unwrap()
         .to_owned();
     let t = telemetry();
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone()).traced();
+    let mut send = SqsPublisher::new(client.clone()).traced(t.instrumentation.clone());
     for (i, body) in ["m1", "m2", "m3"].into_iter().enumerate() {
         let request = SendRequest::new(&url, body)
             .with_group_id("g")
@@ -889,22 +910,23 @@ async fn fifo_order_holds_when_a_handler_fails() {
     let attempts: Arc<Mutex<Vec<String>>> = Arc::default();
     let log: Log = Arc::default();
     let (handler_attempts, handler_log) = (attempts.clone(), log.clone());
-    let mut consumer = SqsConsumer::builder(client.clone(), &url, t.instrumentation.clone())
-        .with_wait_time(Duration::from_secs(1))
-        .on_failure(OnFailure::ChangeVisibility(Duration::ZERO))
-        .build(service_fn(move |m: ReceivedMessage| {
-            let mut attempts = handler_attempts.lock().unwrap();
-            attempts.push(m.body().to_owned());
-            let first_m2 = m.body() == "m2" && attempts.iter().filter(|b| *b == "m2").count() == 1;
-            let result = if first_m2 {
-                Err(std::io::Error::other("m2 fails once"))
-            } else {
-                handler_log.lock().unwrap().push(seen(&m));
-                Ok(())
-            };
-            async move { result }
-        }));
-    poll_until(&mut consumer, &log, 3).await;
+    // Concurrency 4: the FIFO group still runs one message at a time.
+    let consumer = SqsConsumer::new(source(&client, &url), t.instrumentation.clone())
+        .with_concurrency(4)
+        .on_failure(OnFailure::RedeliverAfter(Duration::ZERO));
+    let handler = service_fn(move |m: ReceivedMessage| {
+        let mut attempts = handler_attempts.lock().unwrap();
+        attempts.push(m.body().to_owned());
+        let first_m2 = m.body() == "m2" && attempts.iter().filter(|b| *b == "m2").count() == 1;
+        let result = if first_m2 {
+            Err(std::io::Error::other("m2 fails once"))
+        } else {
+            handler_log.lock().unwrap().push(seen(&m));
+            Ok(())
+        };
+        async move { result }
+    });
+    poll_until(consumer, handler, &log, 3).await;
     let bodies: Vec<_> = log.lock().unwrap().iter().map(|s| s.body.clone()).collect();
     assert_eq!(
         bodies,
@@ -950,7 +972,7 @@ async fn redrive_policy_dead_letters_a_failing_message_with_its_context() {
     )
     .await;
     let t = telemetry();
-    let mut send = SqsSender::new(client.clone(), t.instrumentation.clone()).traced();
+    let mut send = SqsPublisher::new(client.clone()).traced(t.instrumentation.clone());
     send.ready()
         .await
         .unwrap()
@@ -961,25 +983,29 @@ async fn redrive_policy_dead_letters_a_failing_message_with_its_context() {
 
     let attempts = Arc::new(Mutex::new(0));
     let handler_attempts = attempts.clone();
-    let mut consumer = SqsConsumer::builder(client.clone(), &url, t.instrumentation.clone())
-        .with_wait_time(Duration::ZERO)
-        .on_failure(OnFailure::ChangeVisibility(Duration::ZERO))
-        .build(service_fn(move |_m: ReceivedMessage| {
-            *handler_attempts.lock().unwrap() += 1;
-            async { Err::<(), _>(std::io::Error::other("poison")) }
-        }));
+    let consumer = SqsConsumer::new(
+        SqsSource::new(client.clone(), &url).with_wait_time(Duration::ZERO),
+        t.instrumentation.clone(),
+    )
+    .on_failure(OnFailure::RedeliverAfter(Duration::ZERO));
+    let handler = service_fn(move |_m: ReceivedMessage| {
+        *handler_attempts.lock().unwrap() += 1;
+        async { Err::<(), _>(std::io::Error::other("poison")) }
+    });
     // Two failed receives, then the third moves the message to the dead-letter queue.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while messages_left(&client, &dlq).await == 0 {
-        assert!(Instant::now() < deadline, "never dead-lettered");
-        consumer.poll().await.unwrap();
-    }
+    let dead_lettered = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while messages_left(&client, &dlq).await == 0 {
+            assert!(Instant::now() < deadline, "never dead-lettered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    consumer.run(handler, dead_lettered).await.unwrap();
     assert_eq!(*attempts.lock().unwrap(), 2);
     assert_eq!(messages_left(&client, &url).await, 0);
 
     // The dead letter still links to its producer.
-    let (mut dlq_consumer, log) = recording_consumer(&client, &dlq, &t);
-    poll_until(&mut dlq_consumer, &log, 1).await;
+    let _log = record(&client, &dlq, &t, 1).await;
     let process = t.one(&format!("process {}", tracelink_sqs::queue_name(&dlq)));
     assert_eq!(link_ids(&process), vec![ids(&producer.span_context)]);
 }
