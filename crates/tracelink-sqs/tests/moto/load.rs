@@ -7,8 +7,8 @@
 //! the end, and every `process` span links to its message's `create` (PRODUCER) span.
 //!
 //! The messages are spread over [`QUEUES`] queues worked at once. On each queue one task sends
-//! [`CHUNK`] messages (one `SendMessageBatch`) and waits until the queue's consumer (running
-//! beside it for the whole lane) handled all of them, then sends the next: moto's cost per message grows with the messages stored in the queue, so a
+//! [`CHUNK`] messages (one `SendMessageBatch`) and runs a consumer until all of them succeeded,
+//! then sends the next: moto's cost per message grows with the messages stored in the queue, so a
 //! short queue is what makes `N` reachable, and one task per queue because moto does not
 //! serialise concurrent requests on one queue (see docs/RELIABILITY.md). `N` is set by moto's
 //! pace, not tracelink's: about 2.6 ms of moto CPU per message, on one core.
@@ -120,30 +120,19 @@ async fn run(n: usize) {
                 async move { result }
             })
         };
-        let consumer = SqsConsumer::new(
-            SqsSource::new(client.clone(), url)
-                .with_wait_time(Duration::from_secs(1))
-                .with_max_messages(10),
-            instrumentation.clone(),
-        )
-        .on_failure(OnFailure::RedeliverAfter(Duration::ZERO));
-        // The consumer runs for the whole lane: it stops once every message of its queue
-        // succeeded (a receive dropped then finds the queue empty, as nothing more is sent).
-        let total = ids.len();
-        let lane_done = done.clone();
-        lanes.spawn(async move {
-            let all_handled = async move {
-                while lane_done.load(Ordering::SeqCst) < total {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            };
-            consumer
-                .run(handler, all_handled)
-                .await
-                .unwrap_or_else(|e| panic!("consuming failed: {e:?}"));
-        });
+        // No long poll: a failed message, visible again at once, is received at once, and the
+        // receive in progress when a chunk is done (dropped by the shutdown) has already found
+        // the queue empty.
+        let source = SqsSource::new(client.clone(), url)
+            .with_wait_time(Duration::ZERO)
+            .with_max_messages(10);
+        let instrumentation = instrumentation.clone();
         // Batches of 10 (`SendMessageBatch`, one `create` PRODUCER span per message).
         let mut send = SqsPublisher::new(client.clone()).traced_batch(instrumentation.clone());
+        let consumer = move || {
+            SqsConsumer::new(source.clone(), instrumentation.clone())
+                .on_failure(OnFailure::RedeliverAfter(Duration::ZERO))
+        };
         let url = url.clone();
         lanes.spawn(async move {
             for chunk in ids.chunks(chunk_len) {
@@ -164,9 +153,18 @@ async fn run(n: usize) {
                     }
                 }
                 let target = done.load(Ordering::SeqCst) + chunk.len();
-                while done.load(Ordering::SeqCst) < target {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
+                let chunk_handled = {
+                    let done = done.clone();
+                    async move {
+                        while done.load(Ordering::SeqCst) < target {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                        }
+                    }
+                };
+                consumer()
+                    .run(handler.clone(), chunk_handled)
+                    .await
+                    .unwrap_or_else(|e| panic!("consuming failed: {e:?}"));
             }
         });
     }
