@@ -8,7 +8,9 @@
 //!
 //! Each round sends `TRACELINK_BENCH_MESSAGES` (default 100, a multiple of 10) messages (one
 //! `SendMessage` each, or `SendMessageBatch` of 10), then receives and deletes them
-//! (`ReceiveMessage` of 10, `DeleteMessageBatch`). Raw, traced-sampled and traced-unsampled runs
+//! (raw: `ReceiveMessage` of 10, `DeleteMessageBatch`; traced: `SqsConsumer::run`, which long-polls
+//! `ReceiveMessage` of 10 and deletes each message after its handler with `DeleteMessage`, up to
+//! 10 at once, so it makes more calls than raw). Raw, traced-sampled and traced-unsampled runs
 //! take turns (the order rotating) on fresh queues over `TRACELINK_BENCH_ROUNDS` (default 7)
 //! rounds so drift in the emulator hits all alike; reported are the median rates and the median
 //! of the per-round traced/raw ratios, which resists a noisy machine. The emulator bounds
@@ -22,6 +24,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::config::{Credentials, Region};
@@ -34,7 +38,9 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporte
 use tower::{service_fn, Service, ServiceExt};
 use tracelink_core::propagation::W3cTraceContextPropagator;
 use tracelink_core::Instrumentation;
-use tracelink_sqs::{messaging_system, ReceivedMessage, SendRequest, SqsConsumer, SqsSender};
+use tracelink_sqs::{
+    messaging_system, ReceivedMessage, SendRequest, SqsConsumer, SqsPublisher, SqsSource,
+};
 
 const MESSAGES: usize = 100;
 const ROUNDS: usize = 7;
@@ -168,10 +174,10 @@ async fn traced_round(
     messages: usize,
 ) -> Duration {
     let start = Instant::now();
-    let sender = SqsSender::new(client.clone(), instrumentation.clone());
+    let publisher = SqsPublisher::new(client.clone());
     match mode {
         Mode::Single => {
-            let mut send = sender.traced();
+            let mut send = publisher.traced(instrumentation.clone());
             for _ in 0..messages {
                 send.ready()
                     .await
@@ -182,22 +188,34 @@ async fn traced_round(
             }
         }
         Mode::Batch => {
-            let mut send = sender.traced_batch();
+            let mut send = publisher.traced_batch(instrumentation.clone());
             for _ in 0..messages / 10 {
                 let batch = (0..10).map(|_| SendRequest::new(url, BODY)).collect();
                 send.ready().await.unwrap().call(batch).await.unwrap();
             }
         }
     }
-    let mut consumer = SqsConsumer::builder(client.clone(), url, instrumentation.clone())
-        .with_wait_time(Duration::from_secs(1))
-        .build(service_fn(|_m: ReceivedMessage| async {
-            Ok::<_, Infallible>(())
-        }));
-    let mut received = 0;
-    while received < messages {
-        received += consumer.poll().await.unwrap().deleted;
-    }
+    // The consumer's own settling: one `DeleteMessage` per handled message, up to 10 handlers
+    // (and their deletes) at once.
+    let handled = Arc::new(AtomicUsize::new(0));
+    let counter = handled.clone();
+    let handler = service_fn(move |_m: ReceivedMessage| {
+        counter.fetch_add(1, Ordering::Relaxed);
+        async { Ok::<_, Infallible>(()) }
+    });
+    let all_handled = async move {
+        while handled.load(Ordering::Relaxed) < messages {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    SqsConsumer::new(
+        SqsSource::new(client.clone(), url).with_wait_time(Duration::from_secs(1)),
+        instrumentation.clone(),
+    )
+    .with_concurrency(10)
+    .run(handler, all_handled)
+    .await
+    .unwrap();
     start.elapsed()
 }
 
