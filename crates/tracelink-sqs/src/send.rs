@@ -266,16 +266,16 @@ impl SqsPublisher {
                     );
                     if let Some(placing) = &self.placing {
                         placing.overflow_counter.add(
-                        1,
-                        &[
-                            KeyValue::new(attr::MESSAGING_SYSTEM, crate::SYSTEM),
-                            KeyValue::new(
-                                attr::MESSAGING_DESTINATION_NAME,
-                                request.queue_name().to_owned(),
-                            ),
-                            KeyValue::new(OVERFLOW_OUTCOME, outcome),
-                        ],
-                    );
+                            1,
+                            &[
+                                KeyValue::new(attr::MESSAGING_SYSTEM, crate::SYSTEM),
+                                KeyValue::new(
+                                    attr::MESSAGING_DESTINATION_NAME,
+                                    request.queue_name().to_owned(),
+                                ),
+                                KeyValue::new(OVERFLOW_OUTCOME, outcome),
+                            ],
+                        );
                     }
                 }
             }

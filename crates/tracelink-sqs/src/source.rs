@@ -40,8 +40,7 @@ pub(crate) const MAX_VISIBILITY_SECONDS: u64 = 43_200;
 ///     .await?;
 /// # Ok(()) }
 /// ```
-pub type SqsConsumer<C = tracelink_core::DefaultErrorType> =
-    tracelink_core::Consumer<SqsSource, C>;
+pub type SqsConsumer<C = tracelink_core::DefaultErrorType> = tracelink_core::Consumer<SqsSource, C>;
 
 /// An SQS queue as the source of an [`SqsConsumer`]: each receive is one long-polled
 /// `ReceiveMessage` for at most 10 messages.
@@ -206,7 +205,9 @@ impl Source for SqsSource {
                         .messages
                         .unwrap_or_default()
                         .into_iter()
-                        .map(|m| ReceivedMessage::with_queue(m, self.queue.clone(), instrumentation))
+                        .map(|m| {
+                            ReceivedMessage::with_queue(m, self.queue.clone(), instrumentation)
+                        })
                         .collect(),
                 ))
             }
@@ -372,8 +373,7 @@ mod tests {
         use aws_sdk_sqs::types::Message;
         let fifo = source("http://h/1/jobs.fifo");
         let standard = source("http://h/1/jobs");
-        let instrumentation =
-            Instrumentation::new(tracelink_core::MessagingSystem::new("aws_sqs"));
+        let instrumentation = Instrumentation::new(tracelink_core::MessagingSystem::new("aws_sqs"));
         let message = |group: &str| {
             let message = Message::builder()
                 .attributes(MessageSystemAttributeName::MessageGroupId, group)
