@@ -1,7 +1,7 @@
 //! The zero-setup tour: `cargo run --example demo --features kafka`.
 //!
 //! Starts librdkafka's in-process mock Kafka cluster (nothing to install), publishes a handful of
-//! orders through tracelink's traced producer, consumes them through the Kafka consume loop whose
+//! orders through tracelink's traced publisher, consumes them through the Kafka consumer whose
 //! handler does its work in child spans (one of them a `tracing` span), then prints every trace as
 //! a tree: the producer traces with their `send` spans, the consumer traces with their `process`
 //! span, the handler's spans beneath it, and the link from each consumer trace back to the
@@ -28,7 +28,8 @@ use tracelink::kafka::rdkafka::consumer::Consumer;
 use tracelink::kafka::rdkafka::mocking::MockCluster;
 use tracelink::kafka::rdkafka::producer::FutureProducer;
 use tracelink::kafka::{
-    consumer_config, messaging_system, ConsumeLoop, KafkaMessage, KafkaProducer, KafkaRecord,
+    consumer_config, messaging_system, KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord,
+    KafkaSource,
 };
 use tracelink::Instrumentation;
 use tracing::Instrument;
@@ -77,7 +78,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     // Publish: each order in a `checkout` span of its own, the `send orders` span beneath it.
     let app_tracer = provider.tracer("checkout-service");
     let producer: FutureProducer = producer_config.create()?;
-    let mut publish = KafkaProducer::new(producer).traced(instrumentation(&producer_config));
+    let mut publish = KafkaPublisher::new(producer).traced(instrumentation(&producer_config));
     let mut sent = HashMap::new();
     for (key, order) in ORDERS {
         let checkout = app_tracer.start(format!("checkout {key}"));
@@ -97,8 +98,10 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut config = consumer_config(&brokers, "fulfilment");
     config.set("client.id", "fulfilment");
     let consumer_instrumentation = instrumentation(&config);
-    let consume = ConsumeLoop::from_config(&config, Some(consumer_instrumentation.clone()))?;
-    consume.consumer().subscribe(&[TOPIC])?;
+    let source = KafkaSource::from_config(&config)?;
+    source.consumer().subscribe(&[TOPIC])?;
+    // Both partitions side by side, each in order.
+    let consume = KafkaConsumer::new(source, consumer_instrumentation.clone()).with_concurrency(2);
     println!("consumer group joining (the mock cluster takes about 3 s)...");
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();

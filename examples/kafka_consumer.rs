@@ -19,7 +19,7 @@ use opentelemetry::Context;
 use tokio::sync::mpsc;
 use tower::service_fn;
 use tracelink::kafka::rdkafka::consumer::Consumer;
-use tracelink::kafka::{consumer_config, messaging_system, ConsumeLoop, KafkaMessage};
+use tracelink::kafka::{consumer_config, messaging_system, KafkaConsumer, KafkaMessage, KafkaSource};
 use tracelink::Instrumentation;
 
 #[derive(Parser)]
@@ -46,8 +46,9 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let mut config = consumer_config(&args.brokers, &args.group);
     config.set("client.id", "kafka_consumer");
     let instrumentation = Instrumentation::new(messaging_system(&config));
-    let consume = ConsumeLoop::from_config(&config, Some(instrumentation.clone()))?;
-    consume.consumer().subscribe(&[args.topic.as_str()])?;
+    let source = KafkaSource::from_config(&config)?;
+    source.consumer().subscribe(&[args.topic.as_str()])?;
+    let consume = KafkaConsumer::new(source, instrumentation.clone());
 
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
     let handler = service_fn(move |message: KafkaMessage| {

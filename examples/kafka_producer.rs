@@ -15,7 +15,7 @@ use clap::Parser;
 use tower::{Service, ServiceExt};
 use tracelink::kafka::rdkafka::config::ClientConfig;
 use tracelink::kafka::rdkafka::producer::FutureProducer;
-use tracelink::kafka::{messaging_system, KafkaProducer, KafkaRecord};
+use tracelink::kafka::{messaging_system, KafkaPublisher, KafkaRecord};
 use tracelink::Instrumentation;
 
 #[derive(Parser)]
@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .set("message.timeout.ms", "10000");
     let producer: FutureProducer = config.create()?;
     let mut publish =
-        KafkaProducer::new(producer).traced(Instrumentation::new(messaging_system(&config)));
+        KafkaPublisher::new(producer).traced(Instrumentation::new(messaging_system(&config)));
     for i in 0..args.count {
         let record = KafkaRecord::new(&args.topic)
             .with_key(format!("key-{i}"))

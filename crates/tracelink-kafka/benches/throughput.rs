@@ -1,5 +1,5 @@
 //! End-to-end throughput over librdkafka's in-process mock cluster: raw rdkafka against
-//! tracelink (traced producer + consume loop), sampled and unsampled, in the same run.
+//! tracelink (traced publisher + `KafkaConsumer`), sampled and unsampled, in the same run.
 //!
 //! ```text
 //! cargo bench -p tracelink-kafka --bench throughput
@@ -43,7 +43,8 @@ use tower::{service_fn, Service, ServiceExt};
 use tracelink_core::propagation::W3cTraceContextPropagator;
 use tracelink_core::Instrumentation;
 use tracelink_kafka::{
-    consumer_config, messaging_system, ConsumeLoop, KafkaMessage, KafkaProducer, KafkaRecord,
+    consumer_config, messaging_system, KafkaConsumer, KafkaMessage, KafkaPublisher, KafkaRecord,
+    KafkaSource,
 };
 
 const IN_FLIGHT: usize = 1024;
@@ -150,7 +151,7 @@ async fn round(
             }
         }
         Variant::Sampled | Variant::Unsampled => {
-            let mut service = KafkaProducer::new(producer.clone())
+            let mut service = KafkaPublisher::new(producer.clone())
                 .with_queue_timeout(Timeout::Never)
                 .traced(instrumentation(&config, &provider));
             let mut pending = FuturesUnordered::new();
@@ -197,12 +198,10 @@ async fn round(
             first_at.unwrap().elapsed()
         }
         Variant::Sampled | Variant::Unsampled => {
-            let consume = ConsumeLoop::from_config(
-                &consumer_config,
-                Some(instrumentation(&consumer_config, &provider)),
-            )
-            .unwrap();
-            consume.consumer().subscribe(&[&topic]).unwrap();
+            let source = KafkaSource::from_config(&consumer_config).unwrap();
+            source.consumer().subscribe(&[&topic]).unwrap();
+            let consume =
+                KafkaConsumer::new(source, instrumentation(&consumer_config, &provider));
             let count = Arc::new(AtomicUsize::new(0));
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let stop_tx = Arc::new(Mutex::new(Some(stop_tx)));
