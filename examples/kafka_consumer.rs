@@ -19,7 +19,9 @@ use opentelemetry::Context;
 use tokio::sync::mpsc;
 use tower::service_fn;
 use tracelink::kafka::rdkafka::consumer::Consumer;
-use tracelink::kafka::{consumer_config, messaging_system, KafkaConsumer, KafkaMessage, KafkaSource};
+use tracelink::kafka::{
+    consumer_config, messaging_system, KafkaConsumer, KafkaMessage, KafkaSource,
+};
 use tracelink::Instrumentation;
 
 #[derive(Parser)]

@@ -178,13 +178,12 @@ fn main() {
         let payload = vec![b'x'; 64];
         for i in 0..n {
             let key = i.to_string();
-            let record = FutureRecord::to(topic)
-                .key(&key)
-                .payload(&payload)
-                .headers(OwnedHeaders::new().insert(Header {
+            let record = FutureRecord::to(topic).key(&key).payload(&payload).headers(
+                OwnedHeaders::new().insert(Header {
                     key: "traceparent",
                     value: Some(TRACEPARENT),
-                }));
+                }),
+            );
             producer.send(record, Timeout::Never).await.unwrap();
         }
         let raw_header = raw(&brokers, topic, n, Raw::Header).await;

@@ -200,8 +200,7 @@ async fn round(
         Variant::Sampled | Variant::Unsampled => {
             let source = KafkaSource::from_config(&consumer_config).unwrap();
             source.consumer().subscribe(&[&topic]).unwrap();
-            let consume =
-                KafkaConsumer::new(source, instrumentation(&consumer_config, &provider));
+            let consume = KafkaConsumer::new(source, instrumentation(&consumer_config, &provider));
             let count = Arc::new(AtomicUsize::new(0));
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let stop_tx = Arc::new(Mutex::new(Some(stop_tx)));
