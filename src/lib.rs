@@ -38,8 +38,8 @@ pub use tracelink_sqs as sqs;
 #[cfg(feature = "amqp")]
 pub use tracelink_amqp as amqp;
 
-/// The Kafka adapter (rdkafka: header carriers, a traced `FutureProducer` service, an
-/// at-least-once consume loop over `StreamConsumer` with per-message and batch modes).
+/// The Kafka adapter (rdkafka: header carriers, a traced `FutureProducer` publisher, an
+/// at-least-once `KafkaConsumer` over `StreamConsumer` with per-message and batch modes).
 #[cfg(feature = "kafka")]
 pub use tracelink_kafka as kafka;
 
