@@ -353,13 +353,13 @@ fn consumer_side_alone(instr: &Instrumentation, iterations: u32) -> (f64, f64) {
     let per = |started: Instant| started.elapsed().as_nanos() as f64 / f64::from(iterations);
     let started = Instant::now();
     for _ in 0..iterations {
-        std::hint::black_box(AmqpDelivery::new(delivery(), "orders".into()));
+        std::hint::black_box(AmqpDelivery::new(delivery(), "orders"));
     }
     let new_only = per(started);
     let started = Instant::now();
     for _ in 0..iterations {
         let _ = service
-            .call(AmqpDelivery::new(delivery(), "orders".into()))
+            .call(AmqpDelivery::new(delivery(), "orders"))
             .now_or_never();
     }
     (per(started), new_only)

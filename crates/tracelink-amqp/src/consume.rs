@@ -128,19 +128,14 @@ impl Source for AmqpSource {
         AmqpSettler { _private: () }
     }
 
-    fn receive(
-        mut self,
-        _max: usize,
-    ) -> impl Future<Output = (Self, Result<Received<AmqpDelivery>, AmqpError>)> + Send {
-        async move {
-            // `next` is cancel-safe: a receive dropped by the consumer loses no delivery.
-            let result = match self.consumer.next().await {
-                Some(Ok(delivery)) => Ok(Received::One(self.wrap(delivery))),
-                Some(Err(error)) => Err(AmqpError::from(error)),
-                None => Ok(Received::Closed),
-            };
-            (self, result)
-        }
+    async fn receive(mut self, _max: usize) -> (Self, Result<Received<AmqpDelivery>, AmqpError>) {
+        // `next` is cancel-safe: a receive dropped by the consumer loses no delivery.
+        let result = match self.consumer.next().await {
+            Some(Ok(delivery)) => Ok(Received::One(self.wrap(delivery))),
+            Some(Err(error)) => Err(AmqpError::from(error)),
+            None => Ok(Received::Closed),
+        };
+        (self, result)
     }
 }
 

@@ -33,7 +33,9 @@ fn id_of(delivery: &AmqpDelivery) -> String {
 fn span_with_id(spans: &[SpanData], id: &str) -> SpanData {
     spans
         .iter()
-        .find(|s| attributes(s).get(attr::MESSAGING_MESSAGE_ID) == Some(&Value::from(id.to_owned())))
+        .find(|s| {
+            attributes(s).get(attr::MESSAGING_MESSAGE_ID) == Some(&Value::from(id.to_owned()))
+        })
         .unwrap_or_else(|| panic!("a span for {id} in {spans:#?}"))
         .clone()
 }
@@ -64,7 +66,10 @@ fn assert_settle_span(settle: &SpanData, process: &SpanData, verb: &str, queue: 
         Some(&Value::from(format!("{queue}:{queue}")))
     );
     assert_eq!(settle.status, Status::Unset);
-    assert!(settle.start_time >= process.end_time, "settled after the handler finished");
+    assert!(
+        settle.start_time >= process.end_time,
+        "settled after the handler finished"
+    );
 }
 
 /// With settle spans on, a success is acked (`ack`) only once its handler finished and a
@@ -73,7 +78,8 @@ fn assert_settle_span(settle: &SpanData, process: &SpanData, verb: &str, queue: 
 #[tokio::test]
 async fn settle_spans_ack_and_reject_under_their_process_spans() {
     let t = telemetry();
-    let (_connection, channel, dead) = channel_with_queue("settle-dlq", FieldTable::default()).await;
+    let (_connection, channel, dead) =
+        channel_with_queue("settle-dlq", FieldTable::default()).await;
     let queue = unique("settle");
     let mut arguments = FieldTable::default();
     arguments.insert(
@@ -145,7 +151,10 @@ async fn settle_spans_ack_and_reject_under_their_process_spans() {
         "the running handler's message is not acked, so the next one is not sent"
     );
     if let Some(unacked) = unacked_count(&queue) {
-        assert_eq!(unacked, 1, "the broker still holds the running handler's message");
+        assert_eq!(
+            unacked, 1,
+            "the broker still holds the running handler's message"
+        );
     }
     release.add_permits(1);
     within("consumer stops", run)
@@ -243,7 +252,11 @@ async fn graceful_shutdown_finishes_and_settles_the_running_handler() {
         .expect("task")
         .expect("run returns Ok");
     let handled = handled.lock().unwrap().clone();
-    assert_eq!(handled, vec!["m0".to_owned()], "one handler ran, to its end");
+    assert_eq!(
+        handled,
+        vec!["m0".to_owned()],
+        "one handler ran, to its end"
+    );
     let process = t.one(&format!("process {queue}:{queue}"), SpanKind::Consumer);
     let ack = t.one(&format!("ack {queue}:{queue}"), SpanKind::Client);
     assert_settle_span(&ack, &process, "ack", &queue);
@@ -272,7 +285,10 @@ async fn graceful_shutdown_finishes_and_settles_the_running_handler() {
     .expect("run");
     let received: BTreeSet<_> = received.lock().unwrap().iter().cloned().collect();
     let want: BTreeSet<_> = (1..COUNT).map(|i| format!("m{i}")).collect();
-    assert_eq!(received, want, "the unhandled messages, and not the acked one");
+    assert_eq!(
+        received, want,
+        "the unhandled messages, and not the acked one"
+    );
     assert_all_acked(channel, &queue).await;
 }
 
@@ -290,9 +306,8 @@ async fn stop_returns_the_handler_error_and_the_message_is_redelivered() {
     .expect("publish");
 
     let consumer_channel = connection.create_channel().await.expect("channel");
-    let handler = service_fn(|_: AmqpDelivery| async {
-        Err::<(), _>(std::io::Error::other("cannot go on"))
-    });
+    let handler =
+        service_fn(|_: AmqpDelivery| async { Err::<(), _>(std::io::Error::other("cannot go on")) });
     let consumer = consume(&consumer_channel, &queue).await;
     let result = within(
         "consumer stops",
@@ -379,7 +394,10 @@ async fn a_handler_that_acks_itself_is_not_settled_again() {
     )
     .await
     .expect("a delivery settled by its handler does not stop the consumer");
-    assert_eq!(*attempts.lock().unwrap(), vec!["ok".to_owned(), "err".to_owned()]);
+    assert_eq!(
+        *attempts.lock().unwrap(),
+        vec!["ok".to_owned(), "err".to_owned()]
+    );
     // Had the failed one been nacked with requeue after the handler's ack, it would be back.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(ready_count(&channel, &queue).await, 0, "nothing requeued");
@@ -424,7 +442,10 @@ async fn the_handler_runs_in_its_process_span_with_settle_spans_on() {
     .await
     .expect("run");
     let process = t.one(&format!("process {queue}:{queue}"), SpanKind::Consumer);
-    assert_eq!(seen.lock().unwrap().clone(), Some(process.span_context.clone()));
+    assert_eq!(
+        seen.lock().unwrap().clone(),
+        Some(process.span_context.clone())
+    );
     let ack = t.one(&format!("ack {queue}:{queue}"), SpanKind::Client);
     assert_settle_span(&ack, &process, "ack", &queue);
 }
