@@ -224,14 +224,17 @@ impl<M: Message> KafkaMessage<M> {
 impl KafkaMessage<OwnedMessage> {
     /// Copies a borrowed message out of the consumer's buffer.
     ///
-    /// The consume path needs this copy (payload, key, topic name and headers: 3 to 5
-    /// allocations per message, see `benches/allocations.rs`). rdkafka's zero-copy
-    /// [`BorrowedMessage`] borrows its `StreamConsumer` (it frees librdkafka's buffer on drop),
-    /// so it cannot outlive the receive call that produced it, while a handler gets an owned,
-    /// `'static` message that it may keep or send elsewhere. Keeping the borrowed message would
-    /// take a self-referential owner (the consumer's `Arc` plus a message borrowing it), which
-    /// needs `unsafe` code (forbidden in this workspace) or a crate built on it, and even then
-    /// rdkafka's receive is an `async fn` borrowing the consumer, which such owners cannot wrap.
+    /// The consume path needs this copy: payload, key and topic name are 3 heap allocations per
+    /// message (the headers are copied by librdkafka, in C); see `benches/allocations.rs`.
+    /// rdkafka's zero-copy [`BorrowedMessage`] borrows its `StreamConsumer` (it frees
+    /// librdkafka's buffer on drop), so it cannot outlive the receive call that produced it,
+    /// while a handler gets an owned, `'static` message that it may keep or send elsewhere.
+    /// Keeping the borrowed message would take a self-referential owner (the consumer's `Arc`
+    /// plus a message borrowing it), which needs `unsafe` code (forbidden in this workspace) or
+    /// a crate built on it, and even then rdkafka's receive is an `async fn` borrowing the
+    /// consumer, which such owners cannot wrap. A message type of our own holding the interned
+    /// topic name would save the topic's allocation, but could not implement rdkafka's
+    /// `Message` trait (its `payload_mut` is an `unsafe fn`).
     pub fn detach(message: &BorrowedMessage<'_>, group: Option<Arc<str>>) -> Self {
         Self {
             message: message.detach(),
