@@ -272,3 +272,99 @@ async fn stop_policy_returns_the_handler_error_and_the_message_comes_back() {
     );
     assert_eq!(messages_left(&client, &url).await, 0);
 }
+
+#[tokio::test]
+async fn batch_consumer_settles_with_batch_calls() {
+    let client = client().await;
+    let url = queue(&client, "batches", &[]).await;
+    let name = tracelink_sqs::queue_name(&url).to_owned();
+    let t = telemetry();
+    send(&client, &url, &t, &["a", "b", "c"]).await;
+
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let (log, done) = (batches.clone(), Arc::new(AtomicBool::new(false)));
+    let handler_done = done.clone();
+    let handler = service_fn(move |messages: Vec<ReceivedMessage>| {
+        let mut batches = log.lock().unwrap();
+        batches.push(messages.len());
+        let attempt = batches.len();
+        if batches.iter().sum::<usize>() >= 6 {
+            handler_done.store(true, Ordering::SeqCst);
+        }
+        async move {
+            match attempt {
+                // The first batch fails: every message of it is made visible again at once.
+                1 => Err(std::io::Error::other("the first batch fails")),
+                _ => Ok(()),
+            }
+        }
+    });
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        SqsConsumer::new(source(&client, &url), t.instrumentation.clone())
+            .with_batch(tracelink_core::BatchConfig {
+                max_messages: 3,
+                max_wait: Duration::from_secs(2),
+            })
+            .with_settle_spans()
+            .on_failure(OnFailure::RedeliverAfter(Duration::ZERO))
+            .run_batches(handler, set(done)),
+    )
+    .await
+    .expect("both batches handled")
+    .unwrap();
+    assert_eq!(
+        *batches.lock().unwrap(),
+        [3, 3],
+        "the failed batch came back whole"
+    );
+    assert_eq!(
+        messages_left(&client, &url).await,
+        0,
+        "deleted after success"
+    );
+    assert_eq!(t.named(&format!("change_visibility {name}")).len(), 3);
+    assert_eq!(t.named(&format!("delete {name}")).len(), 3);
+}
+
+#[tokio::test]
+async fn settle_all_reports_a_refused_entry_alone() {
+    use tracelink_core::{Received, Settlement, Settler, Source};
+    let client = client().await;
+    let url = queue(&client, "entries", &[]).await;
+    let t = telemetry();
+    send(&client, &url, &t, &["a", "b"]).await;
+    let mut source = source(&client, &url).with_max_messages(2);
+    source.bind(&t.instrumentation);
+    let settler = source.settler();
+    let mut received = Vec::new();
+    let mut source = Some(source);
+    while received.len() < 2 {
+        let (back, result) = source.take().unwrap().receive(2).await;
+        source = Some(back);
+        match result.unwrap() {
+            Received::Batch(messages) => received.extend(messages),
+            other => panic!("a batch: {other:?}"),
+        }
+    }
+    let results = settler
+        .settle_all(vec![
+            (settler.receipt(&received[0]), Settlement::Ack),
+            (Some("not-a-receipt-handle".to_owned()), Settlement::Ack),
+            (settler.receipt(&received[1]), Settlement::Release),
+        ])
+        .await;
+    assert!(results[0].is_ok(), "{results:?}");
+    match &results[1] {
+        Err(tracelink_sqs::SqsError::Entry { operation, source }) => {
+            assert_eq!(*operation, "DeleteMessageBatch");
+            assert_eq!(source.code, "ReceiptHandleIsInvalid");
+        }
+        other => panic!("a refused entry: {other:?}"),
+    }
+    assert!(results[2].is_ok(), "{results:?}");
+    // `a` is deleted, `b` visible again at once.
+    let rest = drain(&client, &url, &t, Duration::from_secs(2)).await;
+    assert_eq!(rest.len(), 1);
+    assert_eq!(messages_left(&client, &url).await, 0);
+}
