@@ -442,6 +442,7 @@ async fn a_connection_closed_with_unacked_messages_loses_nothing() {
     let run = tokio::spawn(
         AmqpConsumer::new(consumer, t.instrumentation.clone())
             .with_concurrency(COUNT)
+            .with_settle_spans()
             .run(handler, std::future::pending::<()>()),
     );
     for _ in 0..COUNT {
@@ -467,8 +468,23 @@ async fn a_connection_closed_with_unacked_messages_loses_nothing() {
     // The handlers' acks find their channel gone (a settle error), or the consumer's stream
     // reports it (a receive error): either way the loop says so.
     match &result {
-        Err(ConsumeError::Settle { error_type, .. }) => {
-            assert_eq!(error_type, "channel_closed", "{result:?}")
+        Err(ConsumeError::Settle {
+            operation,
+            error_type,
+            ..
+        }) => {
+            assert_eq!(*operation, "ack", "{result:?}");
+            assert_eq!(error_type, "channel_closed", "{result:?}");
+            // A settlement that could not be sent is never silent: its span says so.
+            let acks = t.spans_named(&format!("ack {queue}:{queue}"));
+            assert!(!acks.is_empty());
+            for ack in &acks {
+                assert_eq!(ack.status, Status::error("channel_closed"));
+                assert_eq!(
+                    attributes(ack).get(attr::ERROR_TYPE),
+                    Some(&Value::from("channel_closed"))
+                );
+            }
         }
         Err(ConsumeError::Receive { .. }) => {}
         _ => panic!("the loop reports the closed connection: {result:?}"),
