@@ -49,6 +49,11 @@ pub type SqsConsumer<C = tracelink_core::DefaultErrorType> = tracelink_core::Con
 /// `AWSTraceHeader` system attribute on top of the names you give (your `All` stays `All`), and
 /// on a FIFO queue (name ending in `.fifo`) for `MessageGroupId`: messages of one group are
 /// handled one after the other, those of different groups side by side.
+///
+/// When the consumer stops, a long poll in progress is dropped: messages SQS handed to it
+/// after that are not lost, they come back when their visibility timeout expires (a shorter
+/// [`with_wait_time`](SqsSource::with_wait_time) narrows that window). Messages received but
+/// not yet handled are made visible again at once.
 #[derive(Debug, Clone)]
 pub struct SqsSource {
     client: Client,
