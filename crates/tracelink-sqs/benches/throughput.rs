@@ -9,8 +9,8 @@
 //! Each round sends `TRACELINK_BENCH_MESSAGES` (default 100, a multiple of 10) messages (one
 //! `SendMessage` each, or `SendMessageBatch` of 10), then receives and deletes them
 //! (raw: `ReceiveMessage` of 10, `DeleteMessageBatch`; traced: `SqsConsumer::run`, which long-polls
-//! `ReceiveMessage` of 10 and deletes each message after its handler with `DeleteMessage`, up to
-//! 10 at once, so it makes more calls than raw). Raw, traced-sampled and traced-unsampled runs
+//! `ReceiveMessage` of 10 and deletes each message after its handler, the deletes of handlers
+//! that finished together in one `DeleteMessageBatch`). Raw, traced-sampled and traced-unsampled runs
 //! take turns (the order rotating) on fresh queues over `TRACELINK_BENCH_ROUNDS` (default 7)
 //! rounds so drift in the emulator hits all alike; reported are the median rates and the median
 //! of the per-round traced/raw ratios, which resists a noisy machine. The emulator bounds
@@ -195,8 +195,8 @@ async fn traced_round(
             }
         }
     }
-    // The consumer's own settling: one `DeleteMessage` per handled message, up to 10 handlers
-    // (and their deletes) at once.
+    // The consumer's own settling: a delete per handled message, up to 10 handlers at once,
+    // the deletes of those that finished together in one `DeleteMessageBatch`.
     let handled = Arc::new(AtomicUsize::new(0));
     let counter = handled.clone();
     let handler = service_fn(move |_m: ReceivedMessage| {

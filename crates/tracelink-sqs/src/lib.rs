@@ -35,12 +35,13 @@
 //! |---|---|
 //! | `Redeliver` (default) | no call: the message is left for its visibility timeout, then delivered again (a redrive policy dead-letters it after `maxReceiveCount` receives); no settle span |
 //! | `RedeliverAfter(d)` | `ChangeMessageVisibility` to `d` (whole seconds, rounded up, at most 12 h): delivered again after `d` (`change_visibility`) |
-//! | `Reject` | `DeleteMessage` (`delete`): SQS has no reject, and a redrive policy would have it received again first; use `Redeliver` with a redrive policy to dead-letter |
+//! | `Reject` | delete (`delete`): SQS has no reject, and a redrive policy would have it received again first; use `Redeliver` with a redrive policy to dead-letter |
 //! | `Stop` | as `Redeliver`, then the consumer stops and `run` returns [`ConsumeError::Handler`](tracelink_core::ConsumeError::Handler) |
 //! | given back on stop (`Release`) | `ChangeMessageVisibility` to 0 (`change_visibility`): delivered again at once |
 //!
-//! A handler that succeeded gets `DeleteMessage` (`delete`). A batch consumer
-//! ([`run_batches`](tracelink_core::Consumer::run_batches)) settles with
+//! A handler that succeeded gets a delete (`delete`). Deletes asked for in the same turn of the
+//! consumer (handlers that finished together) go out as one `DeleteMessageBatch`; a batch
+//! consumer ([`run_batches`](tracelink_core::Consumer::run_batches)) settles with
 //! `DeleteMessageBatch`/`ChangeMessageVisibilityBatch`.
 //!
 //! # Quick start

@@ -1,8 +1,9 @@
-//! The settle side: `DeleteMessage` and `ChangeMessageVisibility` (and their batch calls) as the
+//! The settle side: `DeleteMessageBatch` and `ChangeMessageVisibility` (and its batch call) as the
 //! core consumer's [`Settler`].
 
-use std::future::Future;
-use std::sync::Arc;
+use std::future::{poll_fn, Future};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
@@ -10,6 +11,7 @@ use aws_sdk_sqs::types::{
 };
 use aws_sdk_sqs::Client;
 use futures_util::future::join_all;
+use tokio::sync::oneshot;
 use tracelink_core::{Settlement, Settler};
 
 use crate::error::{EntryError, SqsError};
@@ -18,15 +20,17 @@ use crate::source::MAX_VISIBILITY_SECONDS;
 
 /// Entries SQS takes in one batch call.
 const MAX_BATCH: usize = 10;
+/// `error.type` of a delete whose batch call was dropped before it answered.
+const CANCELLED: &str = "cancelled";
 
 /// Settles the messages of an [`SqsSource`](crate::SqsSource):
 ///
 /// | settlement | call | settle span |
 /// |---|---|---|
-/// | `Ack` (handler succeeded) | `DeleteMessage` | `delete {queue}` |
+/// | `Ack` (handler succeeded) | delete: `DeleteMessageBatch` with the deletes of the same turn | `delete {queue}` |
 /// | `Redeliver` (without delay) | none: SQS redelivers when the visibility timeout expires | none |
 /// | `Redeliver` after `d` | `ChangeMessageVisibility` to `d` (whole seconds, rounded up) | `change_visibility {queue}` |
-/// | `Reject` | `DeleteMessage` | `delete {queue}` |
+/// | `Reject` | delete, as `Ack` | `delete {queue}` |
 /// | `Release` (received, never handled) | `ChangeMessageVisibility` to 0: delivered again at once | `change_visibility {queue}` |
 ///
 /// SQS has no reject: a redrive policy moves a message to its dead-letter queue only after
@@ -34,13 +38,76 @@ const MAX_BATCH: usize = 10;
 /// which is what `Reject` rules out. Use [`OnFailure::Redeliver`](tracelink_core::OnFailure)
 /// to let a redrive policy dead-letter failing messages.
 ///
-/// Batches of settlements (a batch consumer's, what a consumer gives back when it stops) go
-/// out as `DeleteMessageBatch` and `ChangeMessageVisibilityBatch` calls of up to 10 entries;
-/// an entry SQS refuses fails alone ([`SqsError::Entry`]).
+/// Deletes asked for in the same turn of the consumer (the messages of handlers that finished
+/// together) go out as one `DeleteMessageBatch`; batches of settlements (a batch consumer's,
+/// what a consumer gives back when it stops) as `DeleteMessageBatch` and
+/// `ChangeMessageVisibilityBatch` calls. Either way at most 10 entries per call, and an entry
+/// SQS refuses fails alone ([`SqsError::Entry`]).
 #[derive(Debug, Clone)]
 pub struct SqsSettler {
     client: Client,
     queue: Arc<Queue>,
+    deletes: Arc<Deletes>,
+}
+
+/// A delete waiting to be sent: its receipt handle and where its result goes.
+type PendingDelete = (String, oneshot::Sender<Result<(), SqsError>>);
+
+/// Deletes waiting to be sent.
+#[derive(Debug, Default)]
+struct Deletes {
+    pending: Mutex<Vec<PendingDelete>>,
+}
+
+impl Deletes {
+    fn push(&self, handle: String) -> oneshot::Receiver<Result<(), SqsError>> {
+        let (tx, rx) = oneshot::channel();
+        self.lock().push((handle, tx));
+        rx
+    }
+
+    /// Up to 10 pending deletes.
+    fn take(&self) -> Vec<PendingDelete> {
+        let mut pending = self.lock();
+        let n = pending.len().min(MAX_BATCH);
+        pending.drain(..n).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PendingDelete>> {
+        // Nothing panics while holding the lock; a poisoned list is still a list.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Lets the consumer run once: the settlements it asks for in that turn join the batch.
+async fn yield_once() {
+    let mut yielded = false;
+    poll_fn(|cx| {
+        if yielded {
+            return Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await
+}
+
+/// Sends pending deletes (up to 10) as one `DeleteMessageBatch`, each result to its settlement.
+async fn flush_deletes(client: Client, queue: Arc<Queue>, deletes: Arc<Deletes>) {
+    let batch = deletes.take();
+    if batch.is_empty() {
+        return;
+    }
+    let (handles, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+    let chunk = handles.into_iter().enumerate().collect();
+    let mut senders: Vec<_> = senders.into_iter().map(Some).collect();
+    for (index, result) in settle_chunk(client, queue, Call::Delete, chunk).await {
+        if let Some(sender) = senders.get_mut(index).and_then(Option::take) {
+            // The settlement may have been dropped with its consumer: nobody to tell.
+            let _ = sender.send(result);
+        }
+    }
 }
 
 /// What one settlement does at SQS.
@@ -72,7 +139,11 @@ fn visibility_seconds(d: Duration) -> i32 {
 
 impl SqsSettler {
     pub(crate) fn new(client: Client, queue: Arc<Queue>) -> Self {
-        Self { client, queue }
+        Self {
+            client,
+            queue,
+            deletes: Arc::default(),
+        }
     }
 }
 
@@ -100,20 +171,35 @@ impl Settler<ReceivedMessage> for SqsSettler {
     ) -> impl Future<Output = Result<(), SqsError>> + Send + 'static + use<> {
         let client = self.client.clone();
         let queue = self.queue.clone();
+        let call = Call::of(settlement);
+        // A delete joins the others asked for in the same turn.
+        let delete = match (&receipt, call) {
+            (Some(handle), Call::Delete) => {
+                Some((self.deletes.push(handle.clone()), self.deletes.clone()))
+            }
+            _ => None,
+        };
         async move {
+            if let Some((result, deletes)) = delete {
+                yield_once().await;
+                flush_deletes(client, queue, deletes).await;
+                return result.await.unwrap_or_else(|_| {
+                    Err(SqsError::Entry {
+                        operation: "DeleteMessageBatch",
+                        source: EntryError {
+                            id: String::new(),
+                            code: CANCELLED.to_owned(),
+                            message: Some("the batch delete was cancelled".to_owned()),
+                            sender_fault: false,
+                        },
+                    })
+                });
+            }
             let Some(handle) = receipt else {
                 return Ok(());
             };
-            match Call::of(settlement) {
-                Call::Nothing => Ok(()),
-                Call::Delete => client
-                    .delete_message()
-                    .queue_url(&queue.url)
-                    .receipt_handle(handle)
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| SqsError::sdk("DeleteMessage", e)),
+            match call {
+                Call::Nothing | Call::Delete => Ok(()),
                 Call::ChangeVisibility(seconds) => client
                     .change_message_visibility()
                     .queue_url(&queue.url)
