@@ -62,7 +62,7 @@ impl Injector for HeaderInjector<'_> {
 
 /// Extracts from a NATS [`HeaderMap`]: names match case-insensitively (Go clients send
 /// `Traceparent`), and a key with conflicting values reads as absent
-/// ([`unique_value`](tracelink_core::carrier::unique_value)).
+/// ([`unique_value`]).
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 

@@ -15,14 +15,18 @@ use crate::message::NatsDelivery;
 /// # use tower::service_fn;
 /// # use tracelink_core::Instrumentation;
 /// # use tracelink_nats::{NatsConsumer, NatsDelivery};
-/// # async fn f(client: async_nats::Client, instrumentation: Instrumentation) -> Result<(), Box<dyn std::error::Error>> {
+/// # async fn f(
+/// #     client: async_nats::Client,
+/// #     instrumentation: Instrumentation,
+/// #     shutdown: impl std::future::Future,
+/// # ) -> Result<(), Box<dyn std::error::Error>> {
 /// let subscriber = client.subscribe("orders").await?;
 /// let handler = service_fn(|delivery: NatsDelivery| async move {
 ///     println!("{} bytes", delivery.message.payload.len());
 ///     Ok::<_, std::convert::Infallible>(())
 /// });
 /// NatsConsumer::new(subscriber, instrumentation)
-///     .run(handler, tokio::signal::ctrl_c())
+///     .run(handler, shutdown) // Ok when `shutdown` completes
 ///     .await?;
 /// # Ok(())
 /// # }
