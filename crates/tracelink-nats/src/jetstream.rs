@@ -28,7 +28,10 @@ use crate::message::JetStreamDelivery;
 ///
 /// A receive is one fetch ([`JetStreamSource`]); `receive {stream}` spans are on by default
 /// (one per fetch that brought messages, with a link per message). Up to 100 messages are
-/// fetched ahead of the handlers ([`with_prefetch`](Consumer::with_prefetch)).
+/// fetched ahead of the handlers ([`with_prefetch`](Consumer::with_prefetch)). A message
+/// fetched ahead waits for a handler while its ack wait runs: keep the prefetch times the
+/// handler's time (over the concurrency) below the pull consumer's `ack_wait`, or JetStream
+/// delivers it again meanwhile.
 ///
 /// **Set `max_deliver` on consumers that read from untrusted producers.** async-nats 0.51
 /// treats a message whose header block is not UTF-8 as a protocol error: it drops the
@@ -247,6 +250,33 @@ impl Settler<JetStreamDelivery> for JetStreamSettler {
                 .publish(reply, payload)
                 .await
                 .map_err(|e| Error::Ack(Box::new(e)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settlements_map_to_jetstream_verbs() {
+        let settler = JetStreamSettler::default();
+        let delay = Duration::from_millis(250);
+        let cases = [
+            (Settlement::Ack, "ack", &b"+ACK"[..]),
+            (Settlement::Redeliver { delay: None }, "nak", b"-NAK"),
+            (
+                Settlement::Redeliver { delay: Some(delay) },
+                "nak",
+                b"-NAK {\"delay\":250000000}",
+            ),
+            (Settlement::Reject, "term", b"+TERM"),
+            (Settlement::Release, "nak", b"-NAK"),
+        ];
+        for (settlement, verb, payload) in cases {
+            assert_eq!(settler.operation(settlement), Some(verb), "{settlement:?}");
+            let sent: Bytes = ack_kind(settlement).into();
+            assert_eq!(&sent[..], payload, "{settlement:?}");
         }
     }
 }

@@ -149,3 +149,20 @@ impl Settler<NatsDelivery> for NatsSettler {
         std::future::ready(Ok(()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_nats_settles_without_a_call() {
+        for settlement in [
+            Settlement::Ack,
+            Settlement::Redeliver { delay: None },
+            Settlement::Reject,
+            Settlement::Release,
+        ] {
+            assert_eq!(NatsSettler.operation(settlement), None);
+        }
+    }
+}
