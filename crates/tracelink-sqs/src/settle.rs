@@ -1,4 +1,4 @@
-//! The settle side: `DeleteMessageBatch` and `ChangeMessageVisibility` (and its batch call) as the
+//! The settle side: `DeleteMessage` and `ChangeMessageVisibility` (and their batch calls) as the
 //! core consumer's [`Settler`].
 
 use std::future::{poll_fn, Future};
@@ -27,7 +27,7 @@ const CANCELLED: &str = "cancelled";
 ///
 /// | settlement | call | settle span |
 /// |---|---|---|
-/// | `Ack` (handler succeeded) | delete: `DeleteMessageBatch` with the deletes of the same turn | `delete {queue}` |
+/// | `Ack` (handler succeeded) | `DeleteMessage`, or `DeleteMessageBatch` with the deletes of the same turn | `delete {queue}` |
 /// | `Redeliver` (without delay) | none: SQS redelivers when the visibility timeout expires | none |
 /// | `Redeliver` after `d` | `ChangeMessageVisibility` to `d` (whole seconds, rounded up) | `change_visibility {queue}` |
 /// | `Reject` | delete, as `Ack` | `delete {queue}` |
@@ -93,10 +93,26 @@ async fn yield_once() {
     .await
 }
 
-/// Sends pending deletes (up to 10) as one `DeleteMessageBatch`, each result to its settlement.
+/// Sends pending deletes (up to 10) as one `DeleteMessageBatch` (a lone one as `DeleteMessage`),
+/// each result to its settlement.
 async fn flush_deletes(client: Client, queue: Arc<Queue>, deletes: Arc<Deletes>) {
     let batch = deletes.take();
     if batch.is_empty() {
+        return;
+    }
+    if batch.len() == 1 {
+        // Alone in its turn (one handler at a time): the plain call is the cheaper one.
+        if let Some((handle, sender)) = batch.into_iter().next() {
+            let result = client
+                .delete_message()
+                .queue_url(&queue.url)
+                .receipt_handle(handle)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| SqsError::sdk("DeleteMessage", e));
+            let _ = sender.send(result);
+        }
         return;
     }
     let (handles, senders): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
