@@ -31,6 +31,7 @@ fn scope() -> InstrumentationScope {
 pub struct InstrumentationBuilder {
     system: MessagingSystem,
     tracer: Option<BoxedTracer>,
+    tracing_off: bool,
     meter: Option<opentelemetry::metrics::Meter>,
     propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
     w3c: Option<W3cCompositePropagator>,
@@ -55,6 +56,7 @@ impl InstrumentationBuilder {
         Self {
             system,
             tracer: None,
+            tracing_off: false,
             meter: None,
             propagator: None,
             w3c: None,
@@ -67,10 +69,18 @@ impl InstrumentationBuilder {
     }
 
     /// Spans go to `provider` instead of the global tracer provider.
+    ///
+    /// With the API's [`NoopTracerProvider`](opentelemetry::trace::noop::NoopTracerProvider)
+    /// (tracing switched off) the layers and consumers build no span at all, where a no-op
+    /// tracer would still be handed attributes, a name and a boxed span per message; contexts
+    /// still propagate as through a no-op span (the parent's context is injected and handed to
+    /// the handler) and metrics are still recorded.
     pub fn with_tracer_provider<P>(mut self, provider: &P) -> Self
     where
-        P: ObjectSafeTracerProvider,
+        P: ObjectSafeTracerProvider + 'static,
     {
+        self.tracing_off =
+            (provider as &dyn Any).is::<opentelemetry::trace::noop::NoopTracerProvider>();
         self.tracer = Some(BoxedTracer::new(provider.boxed_tracer(scope())));
         self
     }
@@ -176,6 +186,7 @@ impl InstrumentationBuilder {
             inner: Arc::new(Inner {
                 system: self.system,
                 tracer,
+                tracing_off: self.tracing_off,
                 propagator: self.propagator,
                 w3c: self.w3c,
                 span_name: self.span_name,

@@ -49,6 +49,9 @@ pub struct Instrumentation {
 struct Inner {
     system: MessagingSystem,
     tracer: BoxedTracer,
+    /// The tracer comes from the API's `NoopTracerProvider`: no span can ever be recorded, so
+    /// the message paths build none (contexts still propagate, metrics are still recorded).
+    tracing_off: bool,
     propagator: Option<Arc<dyn TextMapPropagator + Send + Sync>>,
     /// Set when `propagator` is tracelink's W3C propagator (alone or composed): inject then
     /// writes `traceparent` borrowed, and extract skips the generic bounds check.

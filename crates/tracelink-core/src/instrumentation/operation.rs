@@ -26,6 +26,9 @@ pub(crate) struct Operation {
     /// clock twice each.
     started: SystemTime,
     metric: Option<(Arc<MetricSet>, u64)>,
+    /// Whether `cx` holds a span of this operation's own (not with tracing off, where `cx` is
+    /// the parent's context and its span must be left alone).
+    own_span: bool,
     finished: bool,
 }
 
@@ -50,8 +53,21 @@ impl Operation {
             cx,
             started,
             metric,
+            own_span: true,
             finished: false,
         }
+    }
+
+    /// An operation that records its metric only: `cx` is its parent's context.
+    pub(super) fn without_span(
+        instrumentation: Instrumentation,
+        cx: Context,
+        metric: Option<(Arc<MetricSet>, u64)>,
+        started: SystemTime,
+    ) -> Self {
+        let mut operation = Self::new(instrumentation, cx, metric, started);
+        operation.own_span = false;
+        operation
     }
 
     pub(crate) fn context(&self) -> &Context {
@@ -60,11 +76,13 @@ impl Operation {
 
     /// Adds an event to the operation's span.
     pub(crate) fn event(&self, name: &'static str) {
-        self.cx.span().add_event(name, Vec::new());
+        if self.own_span {
+            self.cx.span().add_event(name, Vec::new());
+        }
     }
 
     pub(crate) fn succeed(mut self, attributes: Vec<KeyValue>) {
-        if !attributes.is_empty() {
+        if self.own_span && !attributes.is_empty() {
             self.cx.span().set_attributes(attributes);
         }
         self.finish(None);
@@ -79,13 +97,15 @@ impl Operation {
             return;
         }
         self.finished = true;
-        let span = self.cx.span();
-        if let Some(error_type) = &error_type {
-            span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.clone()));
-            span.set_status(Status::error(error_type.clone()));
-        }
         let ended = SystemTime::now();
-        span.end_with_timestamp(ended);
+        if self.own_span {
+            let span = self.cx.span();
+            if let Some(error_type) = &error_type {
+                span.set_attribute(KeyValue::new(attr::ERROR_TYPE, error_type.clone()));
+                span.set_status(Status::error(error_type.clone()));
+            }
+            span.end_with_timestamp(ended);
+        }
         if let Some((set, count)) = self.metric.take() {
             // The wall clock may step back meanwhile: such an operation counts as instant.
             let seconds = ended

@@ -45,6 +45,18 @@ impl Instrumentation {
             PublishOperation::Send => ("send", publish, Some((MetricKind::Publish, 1))),
             PublishOperation::Create => ("create", "create", None),
         };
+        if self.inner.tracing_off {
+            // What a no-op span would carry: the parent's context.
+            self.inject_message(parent, message);
+            let metric = metric.map(|(kind, count)| {
+                let destination = message.destination();
+                let set = self
+                    .metric_values(kind, operation_name, &destination, [None, None])
+                    .set;
+                (set, count)
+            });
+            return Operation::without_span(self.clone(), parent.clone(), metric, at);
+        }
         let Started { mut span, metric } = {
             let destination = message.destination();
             let mut start = Start::new(
@@ -111,8 +123,26 @@ impl Instrumentation {
         let ambient = Context::current();
         let mut captured = Vec::new();
         let (producer, baggage) = self.read_message(message, &mut captured);
-        let (parent, links) = self.process_relations(&ambient, producer);
         let destination = message.destination();
+        if self.inner.tracing_off {
+            // What the handler would see under a no-op span: the producer's context in parent
+            // mode, the ambient one otherwise, and the baggage the policy lets through.
+            let parent = match (self.link_mode, producer) {
+                (crate::LinkMode::Parent, Some(sc)) => ambient.with_remote_span_context(sc),
+                _ => ambient.clone(),
+            };
+            let set = self
+                .metric_values(
+                    MetricKind::Process,
+                    "process",
+                    &destination,
+                    [message.consumer_group(), message.subscription_name()],
+                )
+                .set;
+            let cx = Self::with_baggage(parent, &ambient, baggage);
+            return Operation::without_span(self.clone(), cx, Some((set, 1)), at);
+        }
+        let (parent, links) = self.process_relations(&ambient, producer);
         let mut start = Start::new(
             SpanKind::Consumer,
             "process",

@@ -1041,3 +1041,50 @@ async fn settle_span_is_a_client_child_of_the_process_span() {
     );
     assert_eq!((acks, nacks), (1, 1));
 }
+
+#[tokio::test]
+async fn with_tracing_off_no_span_is_built_but_contexts_propagate_and_metrics_count() {
+    let t = Telemetry::new();
+    let off = Instrumentation::builder(Telemetry::system())
+        .with_tracer_provider(&opentelemetry::trace::noop::NoopTracerProvider::new())
+        .with_meter_provider(&t.meter_provider)
+        .with_propagator(w3c())
+        .with_link_mode(LinkMode::Parent)
+        .build();
+    // An application span of another (recording) provider is the publish's parent: its context
+    // goes into the headers, as through a no-op span.
+    let app = t.tracer_provider.tracer("app");
+    let request = app.start("http request");
+    let request_cx = Context::current_with_span(request);
+    let sent = {
+        let _guard = request_cx.clone().attach();
+        publish(&off, Msg::new("orders")).await
+    };
+    let (trace_id, span_id) = ids(&request_cx);
+    assert_eq!(
+        sent.header("traceparent"),
+        Some(format!("00-{trace_id}-{span_id}-01").as_str())
+    );
+    // Consumed inside another application span, in parent mode: the handler sees the
+    // producer's context, and the ambient span is neither ended nor touched.
+    let worker = app.start("worker");
+    let worker_cx = Context::current_with_span(worker);
+    let handler_cx = {
+        let _guard = worker_cx.clone().attach();
+        consume(&off, sent).await
+    };
+    assert_eq!(ids(&handler_cx), (trace_id, span_id));
+    assert!(t.finished().is_empty(), "no span ended: {:?}", t.finished());
+    worker_cx.span().end();
+    request_cx.span().end();
+    assert_eq!(t.finished().len(), 2);
+    let metrics = t.collect_metrics();
+    assert_eq!(
+        counter_sum(&metrics, "messaging.client.sent.messages", &[]),
+        1
+    );
+    assert_eq!(
+        counter_sum(&metrics, "messaging.client.consumed.messages", &[]),
+        1
+    );
+}
