@@ -10,9 +10,10 @@
 //! global one, a no-op unless set). `TRACELINK_BENCH_MESSAGES` (default 200) messages, each with
 //! a `traceparent` message attribute, are sent to a fresh queue before counting starts; counted
 //! is the whole consume side, SDK included, making the same SQS calls on both sides:
-//! `ReceiveMessage` of up to 10 and one `DeleteMessage` per message. Raw reads the `traceparent`
-//! attribute of each message; tracelink runs `SqsConsumer::run` (concurrency 1, prefetch 10)
-//! with a handler reading the same attribute.
+//! `ReceiveMessage` of up to 10 and a `DeleteMessageBatch` of what it brought. Raw reads the
+//! `traceparent` attribute of each message; tracelink runs `SqsConsumer::run` (concurrency 1,
+//! prefetch 10) with a handler reading the same attribute, and its settler sends the deletes of
+//! handlers that finished within a few turns of each other as one `DeleteMessageBatch`.
 //!
 //! Counting uses a `#[global_allocator]` from `stats_alloc` over the whole process (the runtime
 //! is single-threaded). Prints `allocs_per_msg raw+header=<x> adapter=<y>`.
@@ -24,7 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::config::{Credentials, Region as AwsRegion};
-use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::noop::NoopTracerProvider;
@@ -119,21 +122,33 @@ async fn raw(client: &Client, url: &str, n: usize) -> usize {
             .send()
             .await
             .unwrap();
-        for message in out.messages.unwrap_or_default() {
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            continue;
+        }
+        let mut entries = Vec::with_capacity(messages.len());
+        for (i, message) in messages.iter().enumerate() {
             let header = message
                 .message_attributes()
                 .and_then(|a| a.get("traceparent"))
                 .and_then(|v| v.string_value());
             found += usize::from(header.is_some());
-            client
-                .delete_message()
-                .queue_url(url)
-                .receipt_handle(message.receipt_handle().unwrap())
-                .send()
-                .await
-                .unwrap();
+            entries.push(
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(message.receipt_handle().unwrap())
+                    .build()
+                    .unwrap(),
+            );
             handled += 1;
         }
+        client
+            .delete_message_batch()
+            .queue_url(url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .unwrap();
     }
     found
 }

@@ -39,8 +39,9 @@
 //! | `Stop` | as `Redeliver`, then the consumer stops and `run` returns [`ConsumeError::Handler`](tracelink_core::ConsumeError::Handler) |
 //! | given back on stop (`Release`) | `ChangeMessageVisibility` to 0 (`change_visibility`): delivered again at once |
 //!
-//! A handler that succeeded gets a delete (`delete`). Deletes asked for in the same turn of the
-//! consumer (handlers that finished together) go out as one `DeleteMessageBatch`; a batch
+//! A handler that succeeded gets a delete (`delete`). Deletes asked for within a few turns of
+//! the consumer (handlers that finished close together; no timer) go out as one
+//! `DeleteMessageBatch` of up to 10, a lone one as `DeleteMessage`; a batch
 //! consumer ([`run_batches`](tracelink_core::Consumer::run_batches)) settles with
 //! `DeleteMessageBatch`/`ChangeMessageVisibilityBatch`.
 //!

@@ -20,6 +20,8 @@ use crate::source::MAX_VISIBILITY_SECONDS;
 
 /// Entries SQS takes in one batch call.
 const MAX_BATCH: usize = 10;
+/// Turns of the consumer a delete waits for others to join it (each a poll, no timer).
+const GATHER_TURNS: usize = MAX_BATCH;
 /// `error.type` of a delete whose batch call was dropped before it answered.
 const CANCELLED: &str = "cancelled";
 
@@ -27,7 +29,7 @@ const CANCELLED: &str = "cancelled";
 ///
 /// | settlement | call | settle span |
 /// |---|---|---|
-/// | `Ack` (handler succeeded) | `DeleteMessage`, or `DeleteMessageBatch` with the deletes of the same turn | `delete {queue}` |
+/// | `Ack` (handler succeeded) | `DeleteMessageBatch` with the deletes asked for within a few turns (a lone one: `DeleteMessage`) | `delete {queue}` |
 /// | `Redeliver` (without delay) | none: SQS redelivers when the visibility timeout expires | none |
 /// | `Redeliver` after `d` | `ChangeMessageVisibility` to `d` (whole seconds, rounded up) | `change_visibility {queue}` |
 /// | `Reject` | delete, as `Ack` | `delete {queue}` |
@@ -38,8 +40,9 @@ const CANCELLED: &str = "cancelled";
 /// which is what `Reject` rules out. Use [`OnFailure::Redeliver`](tracelink_core::OnFailure)
 /// to let a redrive policy dead-letter failing messages.
 ///
-/// Deletes asked for in the same turn of the consumer (the messages of handlers that finished
-/// together) go out as one `DeleteMessageBatch`; batches of settlements (a batch consumer's,
+/// Deletes asked for within a few turns of the consumer (the messages of handlers that finished
+/// close together; each turn is a poll, there is no timer) go out as one `DeleteMessageBatch`;
+/// batches of settlements (a batch consumer's,
 /// what a consumer gives back when it stops) as `DeleteMessageBatch` and
 /// `ChangeMessageVisibilityBatch` calls. Either way at most 10 entries per call, and an entry
 /// SQS refuses fails alone ([`SqsError::Entry`]).
@@ -64,6 +67,10 @@ impl Deletes {
         let (tx, rx) = oneshot::channel();
         self.lock().push((handle, tx));
         rx
+    }
+
+    fn len(&self) -> usize {
+        self.lock().len()
     }
 
     /// Up to 10 pending deletes.
@@ -188,7 +195,7 @@ impl Settler<ReceivedMessage> for SqsSettler {
         let client = self.client.clone();
         let queue = self.queue.clone();
         let call = Call::of(settlement);
-        // A delete joins the others asked for in the same turn.
+        // A delete joins the others asked for within a few turns.
         let delete = match (&receipt, call) {
             (Some(handle), Call::Delete) => {
                 Some((self.deletes.push(handle.clone()), self.deletes.clone()))
@@ -197,7 +204,14 @@ impl Settler<ReceivedMessage> for SqsSettler {
         };
         async move {
             if let Some((result, deletes)) = delete {
-                yield_once().await;
+                // Let the consumer run a few turns (each settles at most one more handler)
+                // so the deletes of handlers that finish together share a call.
+                for _ in 0..GATHER_TURNS {
+                    if deletes.len() >= MAX_BATCH {
+                        break;
+                    }
+                    yield_once().await;
+                }
                 flush_deletes(client, queue, deletes).await;
                 return result.await.unwrap_or_else(|_| {
                     Err(SqsError::Entry {
