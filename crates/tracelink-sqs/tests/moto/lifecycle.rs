@@ -368,3 +368,81 @@ async fn settle_all_reports_a_refused_entry_alone() {
     assert_eq!(rest.len(), 1);
     assert_eq!(messages_left(&client, &url).await, 0);
 }
+
+/// Counts the SQS operations a client calls (`X-Amz-Target`).
+#[derive(Debug, Clone, Default)]
+struct Calls(Arc<Mutex<HashMap<String, usize>>>);
+
+impl aws_sdk_sqs::config::Intercept for Calls {
+    fn name(&self) -> &'static str {
+        "Calls"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_sdk_sqs::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_sqs::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if let Some(target) = context.request().headers().get("x-amz-target") {
+            let operation = target.rsplit('.').next().unwrap_or(target).to_owned();
+            *self.0.lock().unwrap().entry(operation).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn deletes_of_handlers_that_finish_together_share_a_call() {
+    let plain = client().await;
+    let url = queue(&plain, "coalesce", &[]).await;
+    let t = telemetry();
+    let bodies: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let refs: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    send(&plain, &url, &t, &refs).await;
+
+    let calls = Calls::default();
+    let config = plain
+        .config()
+        .to_builder()
+        .interceptor(calls.clone())
+        .build();
+    let client = aws_sdk_sqs::Client::from_conf(config);
+    let handled = Arc::new(Mutex::new(Vec::new()));
+    let log = handled.clone();
+    let handler = service_fn(move |m: ReceivedMessage| {
+        log.lock().unwrap().push(m.body().to_owned());
+        async { Ok::<_, Infallible>(()) }
+    });
+    let all = {
+        let handled = handled.clone();
+        async move {
+            while handled.lock().unwrap().len() < 10 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        SqsConsumer::new(source(&client, &url), t.instrumentation.clone())
+            .with_concurrency(10)
+            .with_settle_spans()
+            .run(handler, all),
+    )
+    .await
+    .expect("all handled")
+    .unwrap();
+    assert_eq!(messages_left(&plain, &url).await, 0);
+    let calls = calls.0.lock().unwrap().clone();
+    let deletes = calls.get("DeleteMessage").copied().unwrap_or(0)
+        + calls.get("DeleteMessageBatch").copied().unwrap_or(0);
+    let receives = calls.get("ReceiveMessage").copied().unwrap_or(0);
+    assert!(receives >= 1 && deletes >= 1, "calls counted: {calls:?}");
+    assert!(
+        deletes <= receives,
+        "at most one delete call per receive: {calls:?}"
+    );
+    // Each message still has its own settle span.
+    let name = tracelink_sqs::queue_name(&url);
+    assert_eq!(t.named(&format!("delete {name}")).len(), 10);
+}
