@@ -157,8 +157,8 @@ pub use message::{
     OutgoingMessage, PublishResponse,
 };
 pub use producer::{
-    BatchProducerFuture, BatchProducerLayer, BatchProducerService, ProducerFuture, ProducerLayer,
-    ProducerService,
+    BatchProducerFuture, BatchProducerLayer, BatchProducerService, OnInject, ProducerFuture,
+    ProducerLayer, ProducerService, SpanEvent,
 };
 pub use span_name::SpanName;
 

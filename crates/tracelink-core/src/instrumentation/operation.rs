@@ -76,8 +76,13 @@ impl Operation {
 
     /// Adds an event to the operation's span.
     pub(crate) fn event(&self, name: &'static str) {
+        self.event_with(name, Vec::new());
+    }
+
+    /// Adds an event with attributes to the operation's span.
+    pub(crate) fn event_with(&self, name: &'static str, attributes: Vec<KeyValue>) {
         if self.own_span {
-            self.cx.span().add_event(name, Vec::new());
+            self.cx.span().add_event(name, attributes);
         }
     }
 

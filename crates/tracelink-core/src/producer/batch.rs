@@ -12,6 +12,7 @@ use tower::{Layer, Service};
 use crate::error_type::{ClassifyError, DefaultErrorType};
 use crate::instrumentation::{Instrumentation, Operation, PublishOperation};
 use crate::message::{BatchPublishResponse, Destination, MessagingSystem, OutgoingMessage};
+use crate::producer::OnInject;
 
 /// Attribute naming the entry of a failed batch message on the `send` span's event. Not a
 /// semantic convention (there is none for it), so spelled here.
@@ -27,10 +28,14 @@ const BATCH_INDEX: &str = "messaging.batch.index";
 /// `send` span's context goes into every message instead. Per-entry failures reported by the
 /// response ([`BatchPublishResponse`]) end that entry's `create` span with an error (or add a
 /// `message failed` event to the `send` span), and mark the `send` span failed too.
+///
+/// `P` is called right after each message's injection ([`OnInject`]); swap it with
+/// [`on_inject`](BatchProducerLayer::on_inject).
 #[derive(Debug, Clone)]
-pub struct BatchProducerLayer<C = DefaultErrorType> {
+pub struct BatchProducerLayer<C = DefaultErrorType, P = ()> {
     instrumentation: Instrumentation,
     classify: C,
+    on_inject: P,
 }
 
 impl BatchProducerLayer {
@@ -45,45 +50,59 @@ impl From<Instrumentation> for BatchProducerLayer {
         Self {
             instrumentation,
             classify: DefaultErrorType,
+            on_inject: (),
         }
     }
 }
 
-impl<C> BatchProducerLayer<C> {
+impl<C, P> BatchProducerLayer<C, P> {
     /// Classifies the inner service's errors with `classify`.
-    pub fn with_error_type<C2>(self, classify: C2) -> BatchProducerLayer<C2> {
+    pub fn with_error_type<C2>(self, classify: C2) -> BatchProducerLayer<C2, P> {
         BatchProducerLayer {
             instrumentation: self.instrumentation,
             classify,
+            on_inject: self.on_inject,
+        }
+    }
+
+    /// Calls `hook` right after each message's context was injected (see [`OnInject`]).
+    pub fn on_inject<P2>(self, hook: P2) -> BatchProducerLayer<C, P2> {
+        BatchProducerLayer {
+            instrumentation: self.instrumentation,
+            classify: self.classify,
+            on_inject: hook,
         }
     }
 }
 
-impl<S, C: Clone> Layer<S> for BatchProducerLayer<C> {
-    type Service = BatchProducerService<S, C>;
+impl<S, C: Clone, P: Clone> Layer<S> for BatchProducerLayer<C, P> {
+    type Service = BatchProducerService<S, C, P>;
 
     fn layer(&self, inner: S) -> Self::Service {
         BatchProducerService {
             inner,
             instrumentation: self.instrumentation.clone(),
             classify: self.classify.clone(),
+            on_inject: self.on_inject.clone(),
         }
     }
 }
 
 /// The service made by [`BatchProducerLayer`].
 #[derive(Debug, Clone)]
-pub struct BatchProducerService<S, C> {
+pub struct BatchProducerService<S, C, P = ()> {
     inner: S,
     instrumentation: Instrumentation,
     classify: C,
+    on_inject: P,
 }
 
-impl<S, C, M> Service<Vec<M>> for BatchProducerService<S, C>
+impl<S, C, P, M> Service<Vec<M>> for BatchProducerService<S, C, P>
 where
     S: Service<Vec<M>>,
     S::Response: BatchPublishResponse,
     C: ClassifyError<S::Error> + Clone,
+    P: OnInject<M>,
     M: OutgoingMessage,
 {
     type Response = S::Response;
@@ -110,13 +129,25 @@ where
             messages
                 .iter_mut()
                 .map(|message| {
-                    self.instrumentation
-                        .start_publish(message, &send_cx, PublishOperation::Create)
+                    let create = self.instrumentation.start_publish(
+                        message,
+                        &send_cx,
+                        PublishOperation::Create,
+                    );
+                    if let Some((name, attributes)) =
+                        self.on_inject.on_inject(message, create.context())
+                    {
+                        create.event_with(name, attributes);
+                    }
+                    create
                 })
                 .collect()
         } else {
             for message in &mut messages {
                 self.instrumentation.inject_message(&send_cx, message);
+                if let Some((name, attributes)) = self.on_inject.on_inject(message, &send_cx) {
+                    send.event_with(name, attributes);
+                }
             }
             Vec::new()
         };

@@ -7,9 +7,11 @@
 mod batch;
 mod future;
 mod layer;
+mod on_inject;
 mod service;
 
 pub use batch::{BatchProducerFuture, BatchProducerLayer, BatchProducerService};
 pub use future::ProducerFuture;
 pub use layer::ProducerLayer;
+pub use on_inject::{OnInject, SpanEvent};
 pub use service::ProducerService;

@@ -7,17 +7,18 @@ use tower::Service;
 use crate::error_type::ClassifyError;
 use crate::instrumentation::{Instrumentation, PublishOperation};
 use crate::message::{OutgoingMessage, PublishResponse};
-use crate::producer::ProducerFuture;
+use crate::producer::{OnInject, ProducerFuture};
 
 /// The service made by [`ProducerLayer`](crate::ProducerLayer).
 #[derive(Debug, Clone)]
-pub struct ProducerService<S, C> {
+pub struct ProducerService<S, C, P = ()> {
     pub(crate) inner: S,
     pub(crate) instrumentation: Instrumentation,
     pub(crate) classify: C,
+    pub(crate) on_inject: P,
 }
 
-impl<S, C> ProducerService<S, C> {
+impl<S, C, P> ProducerService<S, C, P> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -34,11 +35,12 @@ impl<S, C> ProducerService<S, C> {
     }
 }
 
-impl<S, C, M> Service<M> for ProducerService<S, C>
+impl<S, C, P, M> Service<M> for ProducerService<S, C, P>
 where
     S: Service<M>,
     S::Response: PublishResponse,
     C: ClassifyError<S::Error> + Clone,
+    P: OnInject<M>,
     M: OutgoingMessage,
 {
     type Response = S::Response;
@@ -56,6 +58,9 @@ where
             PublishOperation::Send,
         );
         let cx = operation.context().clone();
+        if let Some((name, attributes)) = self.on_inject.on_inject(&mut message, &cx) {
+            operation.event_with(name, attributes);
+        }
         let inner = {
             let _guard = cx.clone().attach();
             self.inner.call(message)

@@ -1088,3 +1088,92 @@ async fn with_tracing_off_no_span_is_built_but_contexts_propagate_and_metrics_co
         1
     );
 }
+
+#[tokio::test]
+async fn on_inject_sees_each_message_with_its_own_context_and_its_event_lands_on_that_span() {
+    let t = Telemetry::new();
+    let instr = t.instrumentation();
+    // A hook placing the injected context the way an adapter with header rules would: it reads
+    // the context it was given (not the headers) and notes the placement on the span.
+    let hook = |msg: &mut Msg, cx: &Context| {
+        let (trace_id, span_id) = ids(cx);
+        msg.headers.push((
+            "x-placed".into(),
+            format!("{trace_id}-{span_id}").into_bytes(),
+        ));
+        Some((
+            "context placed",
+            vec![KeyValue::new("placed.in", "x-placed")],
+        ))
+    };
+    let sent = Sent::default();
+    let mut single = ProducerLayer::from(instr.clone())
+        .on_inject(hook)
+        .layer(broker(sent.clone()));
+    single
+        .ready()
+        .await
+        .unwrap()
+        .call(Msg::new("single"))
+        .await
+        .unwrap();
+    let send = t.span("send single");
+    let placed = sent.lock().unwrap().pop().unwrap();
+    assert_eq!(
+        placed.header("x-placed").unwrap(),
+        format!(
+            "{}-{}",
+            send.span_context.trace_id(),
+            send.span_context.span_id()
+        )
+    );
+    assert_eq!(send.events.events.len(), 1);
+    assert_eq!(send.events.events[0].name, "context placed");
+
+    let batch_sent = Arc::new(Mutex::new(Vec::new()));
+    let store = batch_sent.clone();
+    let mut batch = BatchProducerLayer::from(instr.clone())
+        .on_inject(hook)
+        .layer(service_fn(move |msgs: Vec<Msg>| {
+            let store = store.clone();
+            async move {
+                let acks: Vec<Result<Ack, std::io::Error>> =
+                    msgs.iter().map(|_| Ok(Ack { offset: 0 })).collect();
+                store.lock().unwrap().extend(msgs);
+                Ok::<_, std::io::Error>(acks)
+            }
+        }));
+    batch
+        .ready()
+        .await
+        .unwrap()
+        .call(vec![Msg::new("batch"), Msg::new("batch")])
+        .await
+        .unwrap();
+    let creates: Vec<_> = t
+        .finished()
+        .into_iter()
+        .filter(|s| s.name == "create batch")
+        .collect();
+    assert_eq!(creates.len(), 2);
+    let placed: Vec<String> = batch_sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.header("x-placed").unwrap().to_owned())
+        .collect();
+    for create in &creates {
+        assert_eq!(
+            create.events.events.len(),
+            1,
+            "the event is on each create span"
+        );
+        let own = format!(
+            "{}-{}",
+            create.span_context.trace_id(),
+            create.span_context.span_id()
+        );
+        assert!(placed.contains(&own), "{own} not in {placed:?}");
+    }
+    assert!(t.span("send batch").events.events.is_empty());
+}
