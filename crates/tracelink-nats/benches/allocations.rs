@@ -279,13 +279,20 @@ fn main() {
     let url = url();
     let count = messages();
     runtime.block_on(async {
-        let raw = core_raw(&url, count).await;
-        let adapter = core_adapter(&url, count).await;
+        let raw = within("core raw", core_raw(&url, count)).await;
+        let adapter = within("core adapter", core_adapter(&url, count)).await;
         println!("core NATS ({count} messages, tracing off)");
         println!("allocs_per_msg raw+header={raw:.2} adapter={adapter:.2}");
-        let raw = jetstream_raw(&url, count).await;
-        let adapter = jetstream_adapter(&url, count).await;
+        let raw = within("jetstream raw", jetstream_raw(&url, count)).await;
+        let adapter = within("jetstream adapter", jetstream_adapter(&url, count)).await;
         println!("JetStream ({count} messages, tracing off, client included)");
         println!("allocs_per_msg raw+header={raw:.2} adapter={adapter:.2}");
     });
+}
+
+/// `f`'s result, or a panic naming `what` after two minutes (a bench never hangs silently).
+async fn within(what: &str, f: impl std::future::Future<Output = f64>) -> f64 {
+    tokio::time::timeout(Duration::from_secs(120), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no result in 120 s (is NATS at {}?)", url()))
 }
