@@ -16,8 +16,13 @@
 //! or the SDK's with `TRACELINK_BENCH_PROPAGATOR=sdk`. Besides the human-readable table it prints
 //! `TABLE nats <sampling> <raw> <traced> <ratio>` lines, which `scripts/throughput` collects.
 //!
-//! A fourth variant, raw async-nats sending a `traceparent` header with every message, shows
-//! what carrying the context costs the client and the server before any instrumentation runs.
+//! A fourth variant, raw async-nats sending a `traceparent` header with every message (and the
+//! subscriber reading it back), shows what carrying the context costs the client and the server
+//! before any instrumentation runs. A fifth, the adapter with tracing off (`NatsPublisher::traced`
+//! and `NatsConsumer::run` over a no-op tracer provider and an empty composite propagator), is
+//! what the adapter's own machinery costs; it is compared with the raw client carrying the header
+//! in one line, `OFF nats <header> <off> <off/header>` (median rates, median of the per-round
+//! ratios), which `scripts/throughput` also collects.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::convert::Infallible;
@@ -51,7 +56,13 @@ enum Variant {
     RawWithHeader,
     TracedUnsampled,
     TracedSampled,
+    /// `NatsPublisher::traced` and `NatsConsumer::run` with tracing off (a no-op tracer provider
+    /// and a propagator that writes nothing): what the adapter's own machinery costs.
+    TracingOff,
 }
+
+/// The header `Variant::RawWithHeader` carries.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 /// Whether `TRACELINK_BENCH_PROPAGATOR=sdk` asks for the SDK's W3C propagator.
 fn sdk_propagator() -> bool {
@@ -100,12 +111,21 @@ async fn run(client: &async_nats::Client, variant: Variant, count: u64) -> (f64,
             .build(),
     };
     let builder =
-        Instrumentation::builder(tracelink_nats::messaging_system("nats://127.0.0.1:4222"))
-            .with_tracer_provider(&provider);
-    let instrumentation = if sdk_propagator() {
-        builder.with_propagator(TraceContextPropagator::new())
+        Instrumentation::builder(tracelink_nats::messaging_system("nats://127.0.0.1:4222"));
+    let instrumentation = if variant == Variant::TracingOff {
+        builder
+            .with_tracer_provider(&opentelemetry::trace::noop::NoopTracerProvider::new())
+            .with_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
+                vec![],
+            ))
+    } else if sdk_propagator() {
+        builder
+            .with_tracer_provider(&provider)
+            .with_propagator(TraceContextPropagator::new())
     } else {
-        builder.with_propagator(W3cTraceContextPropagator::new())
+        builder
+            .with_tracer_provider(&provider)
+            .with_propagator(W3cTraceContextPropagator::new())
     }
     .build();
 
@@ -115,6 +135,14 @@ async fn run(client: &async_nats::Client, variant: Variant, count: u64) -> (f64,
         let received = received.clone();
         tokio::spawn(async move {
             while let Some(message) = subscriber.next().await {
+                // Read the header back, as a consumer extracting the context would.
+                std::hint::black_box(
+                    message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get("traceparent"))
+                        .map(|v| v.as_str().len()),
+                );
                 std::hint::black_box(&message);
                 received.fetch_add(1, Ordering::Release);
             }
@@ -146,10 +174,7 @@ async fn run(client: &async_nats::Client, variant: Variant, count: u64) -> (f64,
     } else if variant == Variant::RawWithHeader {
         for _ in 0..count {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert(
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            );
+            headers.insert("traceparent", TRACEPARENT);
             client
                 .publish_with_headers(subject.clone(), headers, payload.clone())
                 .await
@@ -221,9 +246,10 @@ fn main() {
             Variant::RawWithHeader,
             Variant::TracedUnsampled,
             Variant::TracedSampled,
+            Variant::TracingOff,
         ];
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
-        let mut dropped = [0u64; 4];
+        let mut dropped = [0u64; 5];
         for round in 0..rounds {
             // Rotate the order so no variant always runs first.
             for k in 0..variants.len() {
@@ -235,8 +261,18 @@ fn main() {
                 dropped[i] += lost;
             }
         }
-        // traced/raw within each round, then the median over rounds.
-        let ratio = |i: usize| median(rates[i].iter().zip(&rates[0]).map(|(t, r)| t / r).collect());
+        // traced/raw (or against another baseline) within each round, then the median over
+        // rounds.
+        let ratio_to = |i: usize, base: usize| {
+            median(
+                rates[i]
+                    .iter()
+                    .zip(&rates[base])
+                    .map(|(t, r)| t / r)
+                    .collect(),
+            )
+        };
+        let ratio = |i: usize| ratio_to(i, 0);
         let med = |i: usize| median(rates[i].clone());
         println!();
         println!(
@@ -260,6 +296,10 @@ fn main() {
             "  raw with a traceparent header / raw: {:.2}  (the cost of carrying the header)",
             ratio(1)
         );
+        println!(
+            "  adapter with tracing off / raw with the header: {:.2}  (target >= 0.97)",
+            ratio_to(4, 1)
+        );
         for (i, sampling) in [(3, "sampled"), (2, "unsampled")] {
             println!(
                 "TABLE nats {sampling} {:.0} {:.0} {:.3}",
@@ -268,5 +308,6 @@ fn main() {
                 ratio(i)
             );
         }
+        println!("OFF nats {:.0} {:.0} {:.3}", med(1), med(4), ratio_to(4, 1));
     });
 }
