@@ -23,7 +23,9 @@
 //! `header`, `sampled`, `unsampled`, `off`) runs only some modes, to profile one at a time;
 //! `TRACELINK_BENCH_ADAPTER_SIDE=publish` (or `consume`) puts tracelink on that side only.
 //! Besides the human-readable table it prints `TABLE amqp <sampling> <raw> <traced> <ratio>`
-//! lines, which `scripts/throughput` collects.
+//! lines, and `OFF amqp <header> <off> <off/header>` (the adapter with tracing off against raw
+//! lapin carrying one `traceparent` header: median rates, median of the per-round ratios), which
+//! `scripts/throughput` collects.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -257,6 +259,15 @@ async fn run(
                     .await
                     .expect("open")
                     .expect("delivery");
+                // Read the header back (when there is one), as a consumer extracting the context
+                // would.
+                std::hint::black_box(
+                    delivery
+                        .properties
+                        .headers()
+                        .as_ref()
+                        .and_then(|headers| headers.inner().get("traceparent")),
+                );
                 std::hint::black_box(&delivery.data);
                 delivery.ack(BasicAckOptions::default()).await.expect("ack");
             }
@@ -469,6 +480,17 @@ fn main() {
                 "TABLE amqp {sampling} {:.0} {:.0} {:.3}",
                 median(rates[raw].clone()),
                 median(rates[i].clone()),
+                median(ratios)
+            );
+        }
+        let header = modes.iter().position(|m| *m == Mode::RawWithHeaders);
+        let off = modes.iter().position(|m| *m == Mode::TracingOff);
+        if let (Some(header), Some(off)) = (header, off) {
+            let ratios: Vec<f64> = rates[off].iter().zip(&rates[header]).map(|(o, h)| o / h).collect();
+            println!(
+                "OFF amqp {:.0} {:.0} {:.3}",
+                median(rates[header].clone()),
+                median(rates[off].clone()),
                 median(ratios)
             );
         }
