@@ -10,7 +10,10 @@
 //! `SendMessage` each, or `SendMessageBatch` of 10), then receives and deletes them
 //! (raw: `ReceiveMessage` of 10, `DeleteMessageBatch`; traced: `SqsConsumer::run`, which long-polls
 //! `ReceiveMessage` of 10 and deletes each message after its handler, the deletes of handlers
-//! that finished together in one `DeleteMessageBatch`). Raw, traced-sampled and traced-unsampled runs
+//! that finished together in one `DeleteMessageBatch`). Raw, raw with one `traceparent` message
+//! attribute (sent with every message, asked for and read back on receive), traced-sampled,
+//! traced-unsampled and tracing-off (the adapter's `SqsPublisher::traced`/`traced_batch` and
+//! `SqsConsumer::run` over a no-op tracer provider and an empty composite propagator) runs
 //! take turns (the order rotating) on fresh queues over `TRACELINK_BENCH_ROUNDS` (default 7)
 //! rounds so drift in the emulator hits all alike; reported are the median rates and the median
 //! of the per-round traced/raw ratios, which resists a noisy machine. The emulator bounds
@@ -18,8 +21,10 @@
 //! batch processor into an exporter that discards them; unsampled use `Sampler::AlwaysOff`. The
 //! propagator is tracelink's `W3cTraceContextPropagator` (with the SDK's baggage propagator), or
 //! the SDK's trace-context one with `TRACELINK_BENCH_PROPAGATOR=sdk`. Besides the human-readable
-//! lines it prints `TABLE sqs <sampling> <raw> <traced> <ratio>` lines (for `SendMessage`), which
-//! `scripts/throughput` collects.
+//! lines it prints `TABLE sqs <sampling> <raw> <traced> <ratio>` lines and one
+//! `OFF sqs <header> <off> <off/header>` line (tracing off against raw with the attribute; median
+//! rates, median of the per-round ratios), all for `SendMessage`, which `scripts/throughput`
+//! collects.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -29,7 +34,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::config::{Credentials, Region};
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, SendMessageBatchRequestEntry};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
+};
 use aws_sdk_sqs::Client;
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -74,6 +81,27 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 const BODY: &str = "0123456789012345678901234567890123456789012345678901234567890123";
 
+/// The message attribute the raw-with-header variant carries.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn traceparent_attribute() -> MessageAttributeValue {
+    MessageAttributeValue::builder()
+        .data_type("String")
+        .string_value(TRACEPARENT)
+        .build()
+        .unwrap()
+}
+
+/// What one variant runs.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    /// Raw aws-sdk-sqs; `true`: with one `traceparent` message attribute on every message,
+    /// read back on receive.
+    Raw(bool),
+    /// The adapter, with this instrumentation.
+    Adapter(&'a Instrumentation),
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Single,
@@ -93,29 +121,36 @@ async fn queue(client: &Client, tag: &str, round: usize) -> String {
         .to_owned()
 }
 
-async fn raw_round(client: &Client, url: &str, mode: Mode, messages: usize) -> Duration {
+async fn raw_round(
+    client: &Client,
+    url: &str,
+    mode: Mode,
+    header: bool,
+    messages: usize,
+) -> Duration {
     let start = Instant::now();
     match mode {
         Mode::Single => {
             for _ in 0..messages {
-                client
-                    .send_message()
-                    .queue_url(url)
-                    .message_body(BODY)
-                    .send()
-                    .await
-                    .unwrap();
+                let mut send = client.send_message().queue_url(url).message_body(BODY);
+                if header {
+                    send = send.message_attributes("traceparent", traceparent_attribute());
+                }
+                send.send().await.unwrap();
             }
         }
         Mode::Batch => {
             for chunk in 0..messages / 10 {
                 let entries = (0..10)
                     .map(|i| {
-                        SendMessageBatchRequestEntry::builder()
+                        let mut entry = SendMessageBatchRequestEntry::builder()
                             .id(format!("{chunk}-{i}"))
-                            .message_body(BODY)
-                            .build()
-                            .unwrap()
+                            .message_body(BODY);
+                        if header {
+                            entry =
+                                entry.message_attributes("traceparent", traceparent_attribute());
+                        }
+                        entry.build().unwrap()
                     })
                     .collect();
                 client
@@ -140,6 +175,15 @@ async fn raw_round(client: &Client, url: &str, mode: Mode, messages: usize) -> D
             .await
             .unwrap();
         let messages = out.messages.unwrap_or_default();
+        for message in &messages {
+            // Read the attribute back, as a consumer extracting the context would.
+            std::hint::black_box(
+                message
+                    .message_attributes()
+                    .and_then(|a| a.get("traceparent"))
+                    .and_then(|v| v.string_value()),
+            );
+        }
         received += messages.len();
         if messages.is_empty() {
             continue;
@@ -276,11 +320,22 @@ fn main() {
         let unsampled_provider = provider(Sampler::AlwaysOff);
         let sampled = instrumentation(&endpoint, &sampled_provider);
         let unsampled = instrumentation(&endpoint, &unsampled_provider);
-        let variants: [(&str, Option<&Instrumentation>); 3] = [
-            ("raw", None),
-            ("sampled", Some(&sampled)),
-            ("unsampled", Some(&unsampled)),
+        // Tracing off: a no-op tracer provider and a propagator that writes nothing.
+        let off = Instrumentation::builder(messaging_system(Some(&endpoint), None))
+            .with_tracer_provider(&opentelemetry::trace::noop::NoopTracerProvider::new())
+            .with_propagator(TextMapCompositePropagator::new(vec![]))
+            .build();
+        // Raw first (the baseline of the traced/raw ratios), raw with the header second (the
+        // baseline of off/header).
+        let variants: [(&str, Kind<'_>); 5] = [
+            ("raw", Kind::Raw(false)),
+            ("header", Kind::Raw(true)),
+            ("sampled", Kind::Adapter(&sampled)),
+            ("unsampled", Kind::Adapter(&unsampled)),
+            ("off", Kind::Adapter(&off)),
         ];
+        const HEADER: usize = 1;
+        const OFF: usize = 4;
 
         println!(
             "SQS send + receive + delete at {endpoint}, {messages} messages x {rounds} rounds per variant, {} propagator",
@@ -289,7 +344,7 @@ fn main() {
         for (mode, label) in [(Mode::Single, "SendMessage"), (Mode::Batch, "SendMessageBatch")] {
             // Warm-up: connections, queue creation paths.
             let url = queue(&client, "warm", mode as usize).await;
-            raw_round(&client, &url, mode, messages).await;
+            raw_round(&client, &url, mode, false, messages).await;
             traced_round(&client, &url, mode, &sampled, messages).await;
             let _ = client.delete_queue().queue_url(&url).send().await;
             let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
@@ -300,24 +355,38 @@ fn main() {
                     let v = (k + round) % variants.len();
                     let url = queue(&client, &format!("v{v}m{}", mode as usize), round).await;
                     let elapsed = match variants[v].1 {
-                        None => raw_round(&client, &url, mode, messages).await,
-                        Some(instr) => traced_round(&client, &url, mode, instr, messages).await,
+                        Kind::Raw(header) => raw_round(&client, &url, mode, header, messages).await,
+                        Kind::Adapter(instr) => {
+                            traced_round(&client, &url, mode, instr, messages).await
+                        }
                     };
                     rates[v].push(rate(elapsed, messages));
                     // Keep the emulator's state small.
                     let _ = client.delete_queue().queue_url(&url).send().await;
                 }
             }
+            let ratio_to = |v: usize, base: usize| {
+                median(rates[v].iter().zip(&rates[base]).map(|(t, r)| t / r).collect())
+            };
             let raw = median(rates[0].clone());
             for (v, (name, _)) in variants.iter().enumerate().skip(1) {
-                let ratio = median(rates[v].iter().zip(&rates[0]).map(|(t, r)| t / r).collect());
+                let ratio = ratio_to(v, 0);
                 let traced = median(rates[v].clone());
                 println!(
-                    "{label:>16} {name:<9}: raw {raw:7.0} msg/s   traced {traced:7.0} msg/s   traced/raw (median of rounds) {ratio:.3}"
+                    "{label:>16} {name:<9}: raw {raw:7.0} msg/s   {name} {traced:7.0} msg/s   {name}/raw (median of rounds) {ratio:.3}"
                 );
-                if mode == Mode::Single {
+                if mode == Mode::Single && matches!(*name, "sampled" | "unsampled") {
                     println!("TABLE sqs {name} {raw:.0} {traced:.0} {ratio:.3}");
                 }
+            }
+            let header = median(rates[HEADER].clone());
+            let off_rate = median(rates[OFF].clone());
+            let off_ratio = ratio_to(OFF, HEADER);
+            println!(
+                "{label:>16} off/header: header {header:7.0} msg/s   off {off_rate:7.0} msg/s   off/header (median of rounds) {off_ratio:.3}  (target >= 0.97)"
+            );
+            if mode == Mode::Single {
+                println!("OFF sqs {header:.0} {off_rate:.0} {off_ratio:.3}");
             }
         }
         let _ = sampled_provider.shutdown();
