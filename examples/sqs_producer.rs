@@ -51,11 +51,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let instrumentation = Instrumentation::new(system);
 
     // `SqsPublisher::new(client).traced(instrumentation)` is the whole traced service; the
-    // example layers it by hand to print the producer span from inside it.
+    // example layers it by hand to print the producer span from inside it, with the
+    // publisher's placement hook as `traced` does (10-attribute limit, AWSTraceHeader).
+    let publisher = SqsPublisher::new(client);
+    let placement = publisher.placement(&instrumentation);
     let mut sender = ServiceBuilder::new()
-        .layer(ProducerLayer::from(instrumentation))
+        .layer(ProducerLayer::from(instrumentation).on_inject(placement))
         .map_request(print_sent)
-        .service(SqsPublisher::new(client));
+        .service(publisher);
     for i in 0..args.count {
         let request = SendRequest::new(&queue_url, format!("message {i}"));
         sender.ready().await?.call(request).await?;

@@ -6,9 +6,13 @@
 //! * **The 10-attribute limit.** SQS rejects a message with more than 10 message attributes.
 //!   Tracing never makes a send fail: when the message's own attributes leave no room for the
 //!   propagator's fields, the context goes into the `AWSTraceHeader` system attribute (X-Ray
-//!   format) or is skipped with a warning ([`OverflowPolicy`]); either way the producer span gets
-//!   an event and the `tracelink.sqs.context.overflow` counter (on the instrumentation's meter)
-//!   counts the message. `AWSTraceHeader` can also be chosen outright ([`TraceCarrier`]).
+//!   format) or is skipped with a warning ([`OverflowPolicy`]); either way the message's own span
+//!   (its `send` span, or its `create` span in a batch) gets an event and the
+//!   `tracelink.sqs.context.overflow` counter (on the instrumentation's meter) counts the
+//!   message. `AWSTraceHeader` can also be chosen outright ([`TraceCarrier`]). This placement is
+//!   the [`TracePlacement`] hook the core's producer layers call right after injecting each
+//!   message's context ([`OnInject`](tracelink_core::OnInject)); the `AWSTraceHeader` is that
+//!   context's.
 //! * **Publishing**: [`SqsPublisher`] is a tower service for `SendMessage` ([`SendRequest`]),
 //!   [`SqsBatchPublisher`] for `SendMessageBatch` (`Vec<SendRequest>`);
 //!   [`SqsPublisher::traced`] and [`SqsPublisher::traced_batch`] wrap them in the core's
@@ -118,7 +122,7 @@ pub use error::{EntryError, SqsError};
 pub use message::{queue_name, ContextSource, ReceivedMessage, SendRequest};
 pub use send::{
     BatchSent, OverflowPolicy, SendFuture, SentMessage, SqsBatchPublisher, SqsPublisher,
-    TraceCarrier, MAX_MESSAGE_ATTRIBUTES,
+    TraceCarrier, TracePlacement, MAX_MESSAGE_ATTRIBUTES,
 };
 pub use settle::SqsSettler;
 pub use source::{SqsConsumer, SqsSource};

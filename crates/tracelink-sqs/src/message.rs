@@ -44,8 +44,9 @@ impl Queue {
 /// `SendMessageBatch`.
 ///
 /// The trace context is not written into [`attributes`](SendRequest::attributes) directly: the
-/// propagator's fields are staged and the publisher decides, when it builds the request, whether
-/// they fit in SQS's 10 message attributes (see [`OverflowPolicy`](crate::OverflowPolicy)).
+/// propagator's fields are staged, and the [`TracePlacement`](crate::TracePlacement) hook the
+/// producer layer calls right after injecting decides whether they fit in SQS's 10 message
+/// attributes (see [`OverflowPolicy`](crate::OverflowPolicy)).
 #[derive(Debug, Clone)]
 pub struct SendRequest {
     queue: Arc<Queue>,
@@ -55,7 +56,7 @@ pub struct SendRequest {
     pub(crate) delay_seconds: Option<i32>,
     pub(crate) group_id: Option<String>,
     pub(crate) deduplication_id: Option<String>,
-    /// The propagator's output, placed by the publisher.
+    /// The propagator's output, placed by the `TracePlacement` hook (else by the publisher).
     pub(crate) staged: HashMap<String, String>,
 }
 
@@ -132,12 +133,13 @@ impl SendRequest {
         &self.body
     }
 
-    /// The message attributes set so far (without the trace context, which is placed at send).
+    /// The message attributes set so far (the trace context among them once placed).
     pub fn attributes(&self) -> &HashMap<String, MessageAttributeValue> {
         &self.attributes
     }
 
-    /// The trace context fields the propagator produced, waiting to be placed by the publisher.
+    /// The trace context fields the propagator produced, waiting to be placed (empty once the
+    /// placement hook or the publisher placed them).
     pub fn trace_fields(&self) -> &HashMap<String, String> {
         &self.staged
     }

@@ -14,13 +14,13 @@ use aws_sdk_sqs::types::{
 use aws_sdk_sqs::Client;
 use opentelemetry::metrics::Counter;
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry::KeyValue;
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_semantic_conventions::attribute as attr;
 use tower::{Layer, Service};
 use tracelink_core::carrier::MapExtractor;
 use tracelink_core::{
-    BatchProducerLayer, BatchProducerService, DefaultErrorType, Instrumentation, ProducerLayer,
-    ProducerService, PublishResponse,
+    BatchProducerLayer, BatchProducerService, DefaultErrorType, Instrumentation, OnInject,
+    ProducerLayer, ProducerService, PublishResponse, SpanEvent,
 };
 
 use crate::carrier::{string_attribute, xray_header};
@@ -33,7 +33,8 @@ pub const MAX_MESSAGE_ATTRIBUTES: usize = 10;
 /// Counter of messages whose context did not fit in their message attributes. Not a semantic
 /// convention (none exists for it), hence spelled here.
 const OVERFLOW_METRIC: &str = "tracelink.sqs.context.overflow";
-/// Event added to the producer span on overflow (no semantic convention either).
+/// Event the [`TracePlacement`] hook returns on overflow, for the message's own span (no
+/// semantic convention either).
 const OVERFLOW_EVENT: &str = "trace context did not fit in the message attributes";
 /// Attribute of [`OVERFLOW_METRIC`] and [`OVERFLOW_EVENT`]: where the context went instead (`aws_trace_header` or
 /// `skipped`). Not a semantic convention either.
@@ -100,9 +101,10 @@ pub(crate) fn placement(
 
 /// The SQS publisher: [`SendRequest`] → `SendMessage` ([`batch`](SqsPublisher::batch) gives the
 /// `SendMessageBatch` one). [`traced`](SqsPublisher::traced) and
-/// [`traced_batch`](SqsPublisher::traced_batch) wrap it in the core's producer layers; it then
-/// places the trace fields the layer staged in each request: as message attributes when they
-/// fit in SQS's 10, otherwise per the [`OverflowPolicy`].
+/// [`traced_batch`](SqsPublisher::traced_batch) wrap it in the core's producer layers with its
+/// [`TracePlacement`] as their [`on_inject`](ProducerLayer::on_inject) hook: each message's trace
+/// fields go into its message attributes when they fit in SQS's 10, otherwise per the
+/// [`OverflowPolicy`].
 ///
 /// ```no_run
 /// # async fn demo(client: aws_sdk_sqs::Client, url: String) -> Result<(), tracelink_sqs::SqsError> {
@@ -117,13 +119,32 @@ pub(crate) fn placement(
 /// println!("{:?}", sent.message_id);
 /// # Ok(()) }
 /// ```
+///
+/// Used raw inside a producer layer of your own, pass it the publisher's
+/// [`placement`](SqsPublisher::placement) too (as `traced` does); without it the publisher places
+/// the fields it finds staged with the global propagator, and no event notes an overflow.
 #[derive(Debug, Clone)]
 pub struct SqsPublisher {
     client: Client,
+    /// Without instrumentation: places what a layer without the hook left staged.
+    placement: TracePlacement,
+}
+
+/// Where each message's trace context goes: the [`OnInject`] hook [`SqsPublisher::traced`] and
+/// [`SqsPublisher::traced_batch`] give the core's producer layers (get one with
+/// [`SqsPublisher::placement`] for a layer of your own).
+///
+/// Called with the context the layer just injected (the message's `send` span, or in a batch
+/// its own `create` span), it moves the staged propagator fields into the message attributes,
+/// or, per the [`TraceCarrier`] and the [`OverflowPolicy`], writes that context's
+/// `AWSTraceHeader`. On overflow it counts the message (`tracelink.sqs.context.overflow` on the
+/// instrumentation's meter) and returns an event the layer adds to the message's span.
+#[derive(Debug, Clone)]
+pub struct TracePlacement {
     carrier: TraceCarrier,
     overflow: OverflowPolicy,
-    /// Set by `traced`/`traced_batch`: the propagator to re-encode contexts with and the
-    /// overflow counter on the instrumentation's meter.
+    /// The propagator's fields and the overflow counter; `None`: the global propagator, no
+    /// counter.
     placing: Option<Placing>,
 }
 
@@ -133,78 +154,27 @@ struct Placing {
     overflow_counter: Counter<u64>,
 }
 
-impl SqsPublisher {
-    /// A publisher over `client`.
-    pub fn new(client: Client) -> Self {
-        Self {
-            client,
-            carrier: TraceCarrier::default(),
-            overflow: OverflowPolicy::default(),
-            placing: None,
-        }
+impl OnInject<SendRequest> for TracePlacement {
+    fn on_inject(&self, request: &mut SendRequest, cx: &Context) -> Option<SpanEvent> {
+        self.place(request, |_| xray_header(cx.span().span_context()))
     }
+}
 
-    /// Where the context goes (default [`TraceCarrier::MessageAttributes`]).
-    pub fn with_carrier(mut self, carrier: TraceCarrier) -> Self {
-        self.carrier = carrier;
-        self
-    }
-
-    /// What happens when the context does not fit (default [`OverflowPolicy::AwsTraceHeader`]).
-    pub fn with_overflow_policy(mut self, policy: OverflowPolicy) -> Self {
-        self.overflow = policy;
-        self
-    }
-
-    /// The SQS client.
-    pub fn client(&self) -> &Client {
-        &self.client
-    }
-
-    /// Wrapped in a [`ProducerLayer`] over `instrumentation`: a PRODUCER `send {queue}` span per
-    /// message. Overflows are counted by `tracelink.sqs.context.overflow` on the
-    /// instrumentation's meter.
-    pub fn traced(
-        self,
-        instrumentation: Instrumentation,
-    ) -> ProducerService<SqsPublisher, DefaultErrorType> {
-        let publisher = self.placing_with(&instrumentation);
-        ProducerLayer::from(instrumentation).layer(publisher)
-    }
-
-    /// Wrapped in a [`BatchProducerLayer`] over `instrumentation`: one `send {queue}` span per
-    /// batch, one PRODUCER `create {queue}` span (and context) per message, per-entry failures
-    /// on their spans.
-    pub fn traced_batch(
-        self,
-        instrumentation: Instrumentation,
-    ) -> BatchProducerService<SqsBatchPublisher, DefaultErrorType> {
-        let publisher = self.placing_with(&instrumentation);
-        BatchProducerLayer::from(instrumentation).layer(publisher.batch())
-    }
-
-    /// The raw `SendMessageBatch` service with the same configuration.
-    pub fn batch(self) -> SqsBatchPublisher {
-        SqsBatchPublisher { publisher: self }
-    }
-
-    fn placing_with(mut self, instrumentation: &Instrumentation) -> Self {
-        self.placing = Some(Placing {
-            instrumentation: instrumentation.clone(),
-            overflow_counter: overflow_counter(instrumentation.meter()),
-        });
-        self
-    }
-
-    /// Moves the staged trace fields of `request` into its attributes or its `AWSTraceHeader`,
-    /// per the carrier and overflow policy.
-    fn place(&self, request: &mut SendRequest) {
+impl TracePlacement {
+    /// Moves the staged trace fields of `request` into its attributes or its `AWSTraceHeader`
+    /// (`header` gives the X-Ray value of the context they encode), per the carrier and overflow
+    /// policy. Returns the overflow event, if any.
+    fn place(
+        &self,
+        request: &mut SendRequest,
+        header: impl FnOnce(&HashMap<String, String>) -> Option<String>,
+    ) -> Option<SpanEvent> {
         let mut fields = std::mem::take(&mut request.staged);
         // The W3C propagator writes an empty `tracestate` when there is none; SQS rejects empty
         // attribute values, and it must not take one of the 10 places.
         fields.retain(|_, value| !value.is_empty());
         if fields.is_empty() {
-            return;
+            return None;
         }
         if !request.attributes.is_empty() {
             // A propagator field it did not write this time (`tracestate` when the context has
@@ -222,6 +192,7 @@ impl SqsPublisher {
             });
         }
         let mut xray = self.carrier != TraceCarrier::MessageAttributes;
+        let mut event = None;
         if self.carrier != TraceCarrier::AwsTraceHeader {
             match placement(&request.attributes, &fields) {
                 Placement::Attributes => {
@@ -258,12 +229,6 @@ impl SqsPublisher {
                             "skipped"
                         }
                     };
-                    // The producer span (the batch's `send` span) is current while the layer
-                    // calls us: note there why the consumer may see no message-attribute context.
-                    opentelemetry::Context::current().span().add_event(
-                        OVERFLOW_EVENT,
-                        vec![KeyValue::new(OVERFLOW_OUTCOME, outcome)],
-                    );
                     if let Some(placing) = &self.placing {
                         placing.overflow_counter.add(
                             1,
@@ -277,22 +242,114 @@ impl SqsPublisher {
                             ],
                         );
                     }
+                    // Noted on the message's own span: why the consumer may see no
+                    // message-attribute context.
+                    event = Some((
+                        OVERFLOW_EVENT,
+                        vec![KeyValue::new(OVERFLOW_OUTCOME, outcome)],
+                    ));
                 }
             }
         }
         if xray {
-            // The layer staged the fields of this message's own span (a batch entry's `create`
-            // span, not the current `send` span): read its context back from them.
-            let cx = match &self.placing {
-                Some(placing) => placing.instrumentation.extract(&MapExtractor(&fields)),
-                None => opentelemetry::global::get_text_map_propagator(|p| {
-                    p.extract(&MapExtractor(&fields))
-                }),
-            };
-            if let Some(header) = xray_header(cx.span().span_context()) {
+            if let Some(header) = header(&fields) {
                 request.trace_header = Some(header);
             }
         }
+        event
+    }
+}
+
+impl SqsPublisher {
+    /// A publisher over `client`.
+    pub fn new(client: Client) -> Self {
+        Self {
+            client,
+            placement: TracePlacement {
+                carrier: TraceCarrier::default(),
+                overflow: OverflowPolicy::default(),
+                placing: None,
+            },
+        }
+    }
+
+    /// Where the context goes (default [`TraceCarrier::MessageAttributes`]).
+    pub fn with_carrier(mut self, carrier: TraceCarrier) -> Self {
+        self.placement.carrier = carrier;
+        self
+    }
+
+    /// What happens when the context does not fit (default [`OverflowPolicy::AwsTraceHeader`]).
+    pub fn with_overflow_policy(mut self, policy: OverflowPolicy) -> Self {
+        self.placement.overflow = policy;
+        self
+    }
+
+    /// The SQS client.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The [`TracePlacement`] hook for a producer layer over `instrumentation`, with this
+    /// publisher's carrier and overflow policy; overflows are counted on the instrumentation's
+    /// meter. `traced`/`traced_batch` use it; pass it to
+    /// [`ProducerLayer::on_inject`]/[`BatchProducerLayer::on_inject`] in a layer of your own.
+    pub fn placement(&self, instrumentation: &Instrumentation) -> TracePlacement {
+        TracePlacement {
+            carrier: self.placement.carrier,
+            overflow: self.placement.overflow,
+            placing: Some(Placing {
+                instrumentation: instrumentation.clone(),
+                overflow_counter: overflow_counter(instrumentation.meter()),
+            }),
+        }
+    }
+
+    /// Wrapped in a [`ProducerLayer`] over `instrumentation`: a PRODUCER `send {queue}` span per
+    /// message, the context placed by the publisher's [`TracePlacement`]. Overflows are counted
+    /// by `tracelink.sqs.context.overflow` on the instrumentation's meter and noted by an event
+    /// on the message's `send` span.
+    pub fn traced(
+        self,
+        instrumentation: Instrumentation,
+    ) -> ProducerService<SqsPublisher, DefaultErrorType, TracePlacement> {
+        let placement = self.placement(&instrumentation);
+        ProducerLayer::from(instrumentation)
+            .on_inject(placement)
+            .layer(self)
+    }
+
+    /// Wrapped in a [`BatchProducerLayer`] over `instrumentation`: one `send {queue}` span per
+    /// batch, one PRODUCER `create {queue}` span (and context) per message, per-entry failures
+    /// on their spans. An overflow is noted on the message's own `create` span.
+    pub fn traced_batch(
+        self,
+        instrumentation: Instrumentation,
+    ) -> BatchProducerService<SqsBatchPublisher, DefaultErrorType, TracePlacement> {
+        let placement = self.placement(&instrumentation);
+        BatchProducerLayer::from(instrumentation)
+            .on_inject(placement)
+            .layer(self.batch())
+    }
+
+    /// The raw `SendMessageBatch` service with the same configuration.
+    pub fn batch(self) -> SqsBatchPublisher {
+        SqsBatchPublisher { publisher: self }
+    }
+
+    /// Places what a layer without the [`TracePlacement`] hook left staged (nothing after the
+    /// hook): with the global propagator, the context read back from the fields for the
+    /// `AWSTraceHeader`, since no context was handed over; no span to note an overflow on.
+    fn place_staged(&self, request: &mut SendRequest) {
+        if request.staged.is_empty() {
+            return;
+        }
+        let _unnoted = self.placement.place(request, |fields| {
+            let cx = opentelemetry::global::get_text_map_propagator(|p| {
+                p.extract(&MapExtractor(fields))
+            });
+            xray_header(cx.span().span_context())
+        });
     }
 }
 
@@ -359,7 +416,7 @@ impl Service<SendRequest> for SqsPublisher {
     }
 
     fn call(&mut self, mut request: SendRequest) -> Self::Future {
-        self.place(&mut request);
+        self.place_staged(&mut request);
         let send = self
             .client
             .send_message()
@@ -416,7 +473,7 @@ impl Service<Vec<SendRequest>> for SqsBatchPublisher {
         let queue_url = requests[0].queue_url().to_owned();
         let mut entries = Vec::with_capacity(len);
         for (index, mut request) in requests.drain(..).enumerate() {
-            self.publisher.place(&mut request);
+            self.publisher.place_staged(&mut request);
             // Entry ids are the indices: that is how failures map back to request order.
             let entry = SendMessageBatchRequestEntry::builder()
                 .id(index.to_string())
@@ -496,6 +553,7 @@ const MISSING_ENTRY: &str = "missing_entry";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 
     fn attrs(n: usize) -> HashMap<String, MessageAttributeValue> {
         (0..n)
@@ -533,12 +591,15 @@ mod tests {
         );
     }
 
-    fn publisher(carrier: TraceCarrier, overflow: OverflowPolicy) -> SqsPublisher {
+    fn placement_with(
+        carrier: TraceCarrier,
+        overflow: OverflowPolicy,
+    ) -> (TracePlacement, SdkMeterProvider, InMemoryMetricExporter) {
         use opentelemetry::propagation::TextMapCompositePropagator;
         use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
-        let config = aws_sdk_sqs::Config::builder()
-            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
-            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+        let exporter = InMemoryMetricExporter::default();
+        let meter = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
             .build();
         let instrumentation =
             Instrumentation::builder(tracelink_core::MessagingSystem::new("aws_sqs"))
@@ -546,15 +607,40 @@ mod tests {
                     Box::new(TraceContextPropagator::new()),
                     Box::new(BaggagePropagator::new()),
                 ]))
+                .with_meter_provider(&meter)
                 .build();
+        let placement = publisher(carrier, overflow).placement(&instrumentation);
+        (placement, meter, exporter)
+    }
+
+    fn publisher(carrier: TraceCarrier, overflow: OverflowPolicy) -> SqsPublisher {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .build();
         SqsPublisher::new(Client::from_conf(config))
             .with_carrier(carrier)
             .with_overflow_policy(overflow)
-            .placing_with(&instrumentation)
+    }
+
+    fn hook(carrier: TraceCarrier, overflow: OverflowPolicy) -> TracePlacement {
+        placement_with(carrier, overflow).0
     }
 
     const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     const XRAY: &str = "Root=1-0af76519-16cd43dd8448eb211c80319c;Parent=b7ad6b7169203331;Sampled=1";
+
+    /// The context the layer injected: the one `TRACEPARENT` encodes.
+    fn injected() -> Context {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            SpanId::from_hex("b7ad6b7169203331").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        ))
+    }
 
     fn request(user: usize, fields: &[(&str, &str)]) -> SendRequest {
         let mut request = SendRequest::new("http://localhost/1/q", "body");
@@ -568,12 +654,15 @@ mod tests {
 
     #[test]
     fn place_writes_fields_that_fit_and_drops_empty_ones() {
-        let s = publisher(
+        let s = hook(
             TraceCarrier::MessageAttributes,
             OverflowPolicy::AwsTraceHeader,
         );
         let mut r = request(9, &[("traceparent", TRACEPARENT), ("tracestate", "")]);
-        s.place(&mut r);
+        assert!(
+            s.on_inject(&mut r, &injected()).is_none(),
+            "no overflow event"
+        );
         assert_eq!(r.attributes.len(), 10);
         assert_eq!(
             r.attributes["traceparent"].string_value(),
@@ -585,7 +674,7 @@ mod tests {
 
     #[test]
     fn place_overflows_into_aws_trace_header_and_removes_stale_fields() {
-        let s = publisher(
+        let (s, meter, exporter) = placement_with(
             TraceCarrier::MessageAttributes,
             OverflowPolicy::AwsTraceHeader,
         );
@@ -594,7 +683,7 @@ mod tests {
             "Traceparent".into(),
             string_attribute("stale".into()).unwrap(),
         );
-        s.place(&mut r);
+        let event = s.on_inject(&mut r, &injected());
         assert_eq!(
             r.attributes.len(),
             9,
@@ -605,16 +694,38 @@ mod tests {
             .keys()
             .any(|k| k.eq_ignore_ascii_case("traceparent")));
         assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+        let (name, attributes) = event.expect("the overflow is returned as an event");
+        assert_eq!(name, OVERFLOW_EVENT);
+        assert_eq!(
+            attributes,
+            vec![KeyValue::new(OVERFLOW_OUTCOME, "aws_trace_header")]
+        );
 
         let mut r = request(10, &[("traceparent", TRACEPARENT)]);
-        s.place(&mut r);
+        assert!(s.on_inject(&mut r, &injected()).is_some());
         assert_eq!(r.attributes.len(), 10);
         assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+        assert_eq!(overflow_count(&meter, &exporter), 2, "both counted");
+    }
+
+    #[test]
+    fn the_aws_trace_header_is_the_injected_context_not_the_fields() {
+        // The header comes from the context the layer hands over (a batch entry's own `create`
+        // span), whatever the staged fields say.
+        let s = hook(TraceCarrier::AwsTraceHeader, OverflowPolicy::Skip);
+        let other = "00-11111111111111111111111111111111-2222222222222222-01";
+        let mut r = request(0, &[("traceparent", other)]);
+        assert!(s.on_inject(&mut r, &injected()).is_none());
+        assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+        // No valid context handed over: no header.
+        let mut r = request(0, &[("traceparent", TRACEPARENT)]);
+        s.on_inject(&mut r, &Context::new());
+        assert!(r.trace_header.is_none());
     }
 
     #[test]
     fn place_drops_a_stale_field_the_propagator_did_not_write() {
-        let s = publisher(
+        let s = hook(
             TraceCarrier::MessageAttributes,
             OverflowPolicy::AwsTraceHeader,
         );
@@ -625,7 +736,7 @@ mod tests {
             "tracestate".into(),
             string_attribute("stale=1".into()).unwrap(),
         );
-        s.place(&mut r);
+        s.on_inject(&mut r, &injected());
         assert!(
             !r.attributes.contains_key("tracestate"),
             "stale state dropped"
@@ -640,25 +751,78 @@ mod tests {
 
     #[test]
     fn place_skips_without_fallback() {
-        let s = publisher(TraceCarrier::MessageAttributes, OverflowPolicy::Skip);
+        let (s, meter, exporter) =
+            placement_with(TraceCarrier::MessageAttributes, OverflowPolicy::Skip);
         let mut r = request(10, &[("traceparent", TRACEPARENT)]);
-        s.place(&mut r);
+        let (name, attributes) = s.on_inject(&mut r, &injected()).unwrap();
+        assert_eq!(name, OVERFLOW_EVENT);
+        assert_eq!(attributes, vec![KeyValue::new(OVERFLOW_OUTCOME, "skipped")]);
         assert_eq!(r.attributes.len(), 10);
         assert!(!r.attributes.contains_key("traceparent"));
         assert!(r.trace_header.is_none());
+        assert_eq!(overflow_count(&meter, &exporter), 1);
     }
 
     #[test]
     fn place_per_carrier() {
         let mut r = request(0, &[("traceparent", TRACEPARENT)]);
-        publisher(TraceCarrier::AwsTraceHeader, OverflowPolicy::Skip).place(&mut r);
+        hook(TraceCarrier::AwsTraceHeader, OverflowPolicy::Skip).on_inject(&mut r, &injected());
         assert!(r.attributes.is_empty());
         assert_eq!(r.trace_header.as_deref(), Some(XRAY));
 
         let mut r = request(0, &[("traceparent", TRACEPARENT)]);
-        publisher(TraceCarrier::Both, OverflowPolicy::Skip).place(&mut r);
+        hook(TraceCarrier::Both, OverflowPolicy::Skip).on_inject(&mut r, &injected());
         assert_eq!(r.attributes.len(), 1);
         assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+    }
+
+    #[test]
+    fn without_the_hook_the_publisher_places_with_the_global_propagator() {
+        // The raw publisher inside a layer without the hook: the fields are still staged when
+        // it is called; it places them itself (the global propagator's fields, and the context
+        // they encode for the AWSTraceHeader).
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        let s = publisher(
+            TraceCarrier::MessageAttributes,
+            OverflowPolicy::AwsTraceHeader,
+        );
+        let mut r = request(10, &[("traceparent", TRACEPARENT)]);
+        s.place_staged(&mut r);
+        assert_eq!(r.attributes.len(), 10);
+        assert_eq!(r.trace_header.as_deref(), Some(XRAY));
+        assert!(r.staged.is_empty());
+
+        let mut r = request(2, &[("traceparent", TRACEPARENT)]);
+        s.place_staged(&mut r);
+        assert_eq!(r.attributes.len(), 3);
+        assert!(r.trace_header.is_none());
+
+        // After the hook nothing is left staged: nothing to do.
+        let mut r = request(10, &[]);
+        s.place_staged(&mut r);
+        assert_eq!(r.attributes.len(), 10);
+        assert!(r.trace_header.is_none());
+    }
+
+    fn overflow_count(meter: &SdkMeterProvider, exporter: &InMemoryMetricExporter) -> u64 {
+        use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+        meter.force_flush().unwrap();
+        let mut total = 0;
+        for rm in exporter.get_finished_metrics().unwrap() {
+            for scope in rm.scope_metrics() {
+                for metric in scope.metrics() {
+                    if metric.name() != OVERFLOW_METRIC {
+                        continue;
+                    }
+                    if let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() {
+                        total = sum.data_points().map(|p| p.value()).sum();
+                    }
+                }
+            }
+        }
+        total
     }
 
     #[test]

@@ -250,8 +250,9 @@ async fn batch_send_gives_each_message_its_own_context_and_records_a_refused_ent
     assert_eq!(refused.code, "InvalidParameterValue");
 
     // moto ignores `MessageSystemAttributes` in `SendMessageBatch` entries (real SQS keeps them),
-    // so a batch entry's AWSTraceHeader fallback cannot be observed here; `place` is shared with
-    // `SendMessage` and unit-tested in src/send.rs.
+    // so a batch entry's AWSTraceHeader fallback cannot be observed here; the placement hook is
+    // shared with `SendMessage` and unit-tested in src/send.rs (its overflow event on the entry's
+    // create span: `batch_overflow_is_noted_on_the_entrys_own_create_span`).
     let send_span = t.one(&format!("send {name}"));
     assert_kind(&send_span, SpanKind::Client);
     assert_attrs(
@@ -375,6 +376,107 @@ fn overflow_count(exporter: &InMemoryMetricExporter, meter: &SdkMeterProvider) -
     total
 }
 
+/// Per `send {queue}` span, in order: the outcomes of its overflow events.
+fn overflow_events(t: &Telemetry, url: &str) -> Vec<Vec<String>> {
+    overflow_events_of(t, &format!("send {}", tracelink_sqs::queue_name(url)))
+}
+
+fn overflow_events_of(t: &Telemetry, span_name: &str) -> Vec<Vec<String>> {
+    t.named(span_name)
+        .iter()
+        .map(|span| {
+            span.events
+                .iter()
+                .map(|event| {
+                    assert_eq!(
+                        event.name,
+                        "trace context did not fit in the message attributes"
+                    );
+                    event
+                        .attributes
+                        .iter()
+                        .find(|kv| kv.key.as_str() == "tracelink.sqs.overflow.outcome")
+                        .map(|kv| kv.value.as_str().into_owned())
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn batch_overflow_is_noted_on_the_entrys_own_create_span() {
+    let client = client().await;
+    let url = queue(&client, "limit-batch", &[]).await;
+    let name = tracelink_sqs::queue_name(&url).to_owned();
+    let t = telemetry();
+    let (metrics, meter) = meter();
+    let instrumentation = tracelink_core::Instrumentation::builder(
+        tracelink_sqs::messaging_system(Some(&endpoint()), Some("us-east-1")),
+    )
+    .with_tracer_provider(&t.provider)
+    .with_meter_provider(&meter)
+    .with_propagator(w3c())
+    .build();
+    let mut send = SqsPublisher::new(client.clone()).traced_batch(instrumentation);
+    let crowded = |body: &str, user: usize| {
+        let mut request = SendRequest::new(&url, body);
+        for (k, v) in user_attributes(user) {
+            request = request.with_attribute(k, v);
+        }
+        request
+    };
+    let results = send
+        .ready()
+        .await
+        .unwrap()
+        .call(vec![crowded("fits", 9), crowded("overflows", 10)])
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(overflow_count(&metrics, &meter), 1);
+
+    let send_span = t.one(&format!("send {name}"));
+    assert!(
+        send_span.events.is_empty(),
+        "not on the batch's send span: {:?}",
+        send_span.events
+    );
+    let creates = t.named(&format!("create {name}"));
+    let noted: Vec<_> = creates
+        .iter()
+        .filter(|create| !create.events.is_empty())
+        .collect();
+    assert_eq!(
+        noted.len(),
+        1,
+        "on the overflowing entry's create span only"
+    );
+    assert_eq!(
+        overflow_events_of(&t, &format!("create {name}"))
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
+        ["aws_trace_header"]
+    );
+
+    // The entry that fit carries its own create span's context.
+    let log = record_with(&client, &url, &t, &["All"], 2).await;
+    let seen = log.lock().unwrap().clone();
+    let fits = seen.iter().find(|s| s.body == "fits").unwrap();
+    assert_eq!(fits.source, ContextSource::MessageAttributes);
+    let fits_create = creates
+        .iter()
+        .find(|create| create.events.is_empty())
+        .unwrap();
+    let process = t
+        .named(&format!("process {name}"))
+        .into_iter()
+        .find(|p| !p.links.is_empty())
+        .expect("the entry that fit is linked");
+    assert_eq!(link_ids(&process), vec![ids(&fits_create.span_context)]);
+}
+
 fn meter() -> (InMemoryMetricExporter, SdkMeterProvider) {
     let exporter = InMemoryMetricExporter::default();
     let provider = SdkMeterProvider::builder()
@@ -426,15 +528,10 @@ async fn ten_attribute_limit_falls_back_to_aws_trace_header() {
     )
     .await;
     assert_eq!(overflow_count(&metrics, &meter), 2);
-    let noted: Vec<usize> = t
-        .named(&format!("send {}", tracelink_sqs::queue_name(&url)))
-        .iter()
-        .map(|s| s.events.len())
-        .collect();
     assert_eq!(
-        noted,
-        [0, 1, 1],
-        "the overflow is noted on the producer span"
+        overflow_events(&t, &url),
+        [vec![], vec!["aws_trace_header"], vec!["aws_trace_header"]],
+        "the overflow is noted on the message's send span"
     );
 
     let log = record_with(&client, &url, &t, &["All"], 3).await;
@@ -451,13 +548,24 @@ async fn ten_attribute_limit_falls_back_to_aws_trace_header() {
         .filter(|s| s.source == ContextSource::AwsTraceHeader)
         .collect();
     assert_eq!(fallbacks.len(), 2);
+    // Each AWSTraceHeader is the context the layer injected: the message's own send span.
+    let mut headers: Vec<_> = fallbacks
+        .iter()
+        .map(|s| s.trace_header.clone().unwrap())
+        .collect();
+    headers.sort();
+    let mut expected_headers = vec![
+        tracelink_sqs::carrier::xray_header(&over9).unwrap(),
+        tracelink_sqs::carrier::xray_header(&over10).unwrap(),
+    ];
+    expected_headers.sort();
+    assert_eq!(headers, expected_headers);
     for s in &fallbacks {
         assert!(s.attributes.len() <= 10, "{s:?}");
         assert!(!s
             .attributes
             .iter()
             .any(|a| a == "traceparent" || a == "baggage"));
-        assert!(s.trace_header.as_deref().unwrap().starts_with("Root=1-"));
     }
 
     let name = tracelink_sqs::queue_name(&url);
@@ -486,6 +594,11 @@ async fn ten_attribute_limit_without_fallback_skips_the_context() {
     send_crowded(&client, &url, &t, 9, true, OverflowPolicy::Skip, &meter).await;
     send_crowded(&client, &url, &t, 10, false, OverflowPolicy::Skip, &meter).await;
     assert_eq!(overflow_count(&metrics, &meter), 2);
+    assert_eq!(
+        overflow_events(&t, &url),
+        [vec![], vec!["skipped"], vec!["skipped"]],
+        "the overflow is noted on the message's send span"
+    );
 
     let log = record_with(&client, &url, &t, &["All"], 3).await;
     let seen = log.lock().unwrap().clone();
