@@ -229,201 +229,244 @@ impl<Src: Source, C> Consumer<Src, C> {
         let mut ready: VecDeque<(Src::Message, Option<u64>)> = VecDeque::new();
         // Ordering keys with a message in flight, each with the messages received behind it.
         let mut running: FxHashMap<u64, VecDeque<Src::Message>> = FxHashMap::default();
+        // One handler and one settlement run in a slot of their own, the others in a
+        // `FuturesUnordered`: with one handler at a time (the default) and settlements that
+        // finish at once, a message costs no allocation for either.
+        let mut handler_slot = pin!(None);
         let mut in_flight = FuturesUnordered::new();
+        let mut settle_slot = pin!(None);
         let mut settling = FuturesUnordered::new();
         let mut releasing = FuturesUnordered::new();
-        // Messages received and not yet settled or released: what the concurrency bounds.
+        // Messages received and not yet settled or released: what the prefetch bounds.
         let mut outstanding = 0usize;
         let mut stopping = false;
         let mut outcome: Result<(), ConsumeError<S::Error>> = Ok(());
 
-        loop {
-            let event = poll_fn(|cx| loop {
-                if let Poll::Ready(Some(result)) = settling.poll_next_unpin(cx) {
-                    return Poll::Ready(Event::Settled(result));
-                }
-                if let Poll::Ready(Some(result)) = releasing.poll_next_unpin(cx) {
-                    return Poll::Ready(Event::Settled(result));
-                }
-                if let Poll::Ready(Some(handled)) = in_flight.poll_next_unpin(cx) {
-                    return Poll::Ready(Event::Handled(handled));
-                }
-                if stopping {
-                    if in_flight.is_empty() && settling.is_empty() && releasing.is_empty() {
-                        return Poll::Ready(Event::Done);
-                    }
-                    return Poll::Pending;
-                }
-                if shutdown.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Stop);
-                }
-                let mut dispatched = false;
-                while !ready.is_empty() && in_flight.len() < concurrency {
-                    match service.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(error)) => return Poll::Ready(Event::NotReady(error)),
-                        Poll::Pending => break,
-                    }
-                    let Some((message, key)) = ready.pop_front() else {
+        poll_fn(|cx| loop {
+            let mut progress = false;
+
+            if !stopping && shutdown.as_mut().poll(cx).is_ready() {
+                stopping = true;
+            }
+
+            // Hand received messages to the handler, up to the concurrency.
+            while !stopping
+                && !ready.is_empty()
+                && in_flight.len() + usize::from(handler_slot.is_some()) < concurrency
+            {
+                match service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(error)) => {
+                        stopping = true;
+                        keep_first(&mut outcome, ConsumeError::NotReady(error));
                         break;
-                    };
-                    let receipt = settler.receipt(&message);
-                    let target = settle_spans.then(|| SettleTarget::of(&message));
-                    let (process_cx, handled) = service.call_in_span(message);
-                    let handled = handled.with_failure_event(failure_event);
-                    let process_cx = settle_spans.then_some(process_cx);
-                    in_flight.push(tagged(handled, receipt, key, target, process_cx));
-                    dispatched = true;
+                    }
+                    Poll::Pending => break,
                 }
-                if dispatched {
-                    // Poll the new handler futures once, so they register their wakers.
-                    continue;
+                let Some((message, key)) = ready.pop_front() else {
+                    break;
+                };
+                let receipt = settler.receipt(&message);
+                let target = settle_spans.then(|| SettleTarget::of(&message));
+                let (process_cx, call) = service.call_in_span(message);
+                let call = call.with_failure_event(failure_event);
+                let process_cx = settle_spans.then_some(process_cx);
+                let call = tagged(call, receipt, key, target, process_cx);
+                if handler_slot.is_none() {
+                    handler_slot.set(Some(call));
+                } else {
+                    in_flight.push(call);
                 }
-                if receiving.is_none() && outstanding < prefetch {
-                    if let Some(source) = idle.take() {
-                        let max = prefetch - outstanding;
-                        receiving.set(Some(async move {
-                            let started = SystemTime::now();
-                            let (source, result) = source.receive(max).await;
-                            (source, result, started)
-                        }));
+                progress = true;
+            }
+
+            // Handlers that finished: settle their messages.
+            let mut handled = None;
+            if let Some(call) = handler_slot.as_mut().as_pin_mut() {
+                if let Poll::Ready(done) = call.poll(cx) {
+                    handler_slot.set(None);
+                    handled = Some(done);
+                }
+            }
+            if handled.is_none() {
+                if let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
+                    handled = Some(done);
+                }
+            }
+            if let Some(Handled {
+                result,
+                receipt,
+                key,
+                target,
+                process_cx,
+            }) = handled
+            {
+                progress = true;
+                let settlement = match result {
+                    Ok(()) => Settlement::Ack,
+                    Err(error) => {
+                        if on_failure == OnFailure::Stop {
+                            stopping = true;
+                            keep_first(&mut outcome, ConsumeError::Handler(error));
+                        }
+                        on_failure.settlement()
+                    }
+                };
+                let call = settle(
+                    &settler,
+                    &instrumentation,
+                    receipt,
+                    settlement,
+                    target,
+                    process_cx,
+                );
+                if settle_slot.is_none() {
+                    settle_slot.set(Some(call));
+                } else {
+                    settling.push(call);
+                }
+                outstanding -= 1;
+                if let Some(key) = key {
+                    if matches!(settlement, Settlement::Redeliver { .. }) {
+                        // The broker redelivers an ordered message before what came after
+                        // it (a Kafka partition rewinds, an SQS FIFO group holds): give
+                        // back, unhandled, what was received behind it.
+                        if let Some(behind) = running.remove(&key) {
+                            if !behind.is_empty() {
+                                outstanding -= behind.len();
+                                releasing.push(release(&settler, behind.into()));
+                            }
+                        }
+                    } else {
+                        match running.get_mut(&key).and_then(VecDeque::pop_front) {
+                            Some(next) => ready.push_back((next, Some(key))),
+                            None => {
+                                running.remove(&key);
+                            }
+                        }
                     }
                 }
+            }
+
+            // Settlements that finished.
+            {
+                let mut settled = |result: Result<(), SettleFailure>| {
+                    progress = true;
+                    if let Err(failure) = result {
+                        stopping = true;
+                        keep_first(&mut outcome, failure.into_consume_error());
+                    }
+                };
+                if let Some(call) = settle_slot.as_mut().as_pin_mut() {
+                    if let Poll::Ready(result) = call.poll(cx) {
+                        settle_slot.set(None);
+                        settled(result);
+                    }
+                }
+                while let Poll::Ready(Some(result)) = settling.poll_next_unpin(cx) {
+                    settled(result);
+                }
+                while let Poll::Ready(Some(result)) = releasing.poll_next_unpin(cx) {
+                    settled(result);
+                }
+            }
+
+            // Receive, up to the prefetch.
+            if !stopping && receiving.is_none() && outstanding < prefetch {
+                if let Some(source) = idle.take() {
+                    let max = prefetch - outstanding;
+                    receiving.set(Some(async move {
+                        // The clock is read for receive spans only.
+                        let started = receive_spans.then(SystemTime::now);
+                        let (source, result) = source.receive(max).await;
+                        (source, result, started)
+                    }));
+                }
+            }
+            if !stopping {
                 if let Some(receive) = receiving.as_mut().as_pin_mut() {
                     if let Poll::Ready((source, result, started)) = receive.poll(cx) {
                         receiving.set(None);
-                        return Poll::Ready(Event::Received(source, result, started));
-                    }
-                }
-                return Poll::Pending;
-            })
-            .await;
-
-            match event {
-                Event::Received(source, result, started) => {
-                    let (one, many) = match result {
-                        Ok(Received::One(message)) => (Some(message), Vec::new()),
-                        Ok(Received::Batch(messages)) => (None, messages),
-                        Ok(Received::Closed) => {
-                            stopping = true;
-                            (None, Vec::new())
-                        }
-                        Err(error) => {
-                            if receive_spans {
-                                instrumentation.receive_failed(
-                                    source.destination().unwrap_or_default(),
-                                    started,
-                                    error.error_type(),
-                                );
-                            }
-                            stopping = true;
-                            keep_first(&mut outcome, ConsumeError::receive(error));
-                            (None, Vec::new())
-                        }
-                    };
-                    let received = match &one {
-                        Some(message) => std::slice::from_ref(message),
-                        None => many.as_slice(),
-                    };
-                    if receive_spans && !received.is_empty() {
-                        let destination = source
-                            .destination()
-                            .unwrap_or_else(|| received[0].destination());
-                        if let Some(span) =
-                            instrumentation.receive_span(destination, started, received)
-                        {
-                            span.end();
-                        }
-                    }
-                    for message in one.into_iter().chain(many) {
-                        outstanding += 1;
-                        match source.ordering_key(&message) {
-                            Some(key) => match running.get_mut(&key) {
-                                Some(behind) => behind.push_back(message),
-                                None => {
-                                    running.insert(key, VecDeque::new());
-                                    ready.push_back((message, Some(key)));
-                                }
-                            },
-                            None => ready.push_back((message, None)),
-                        }
-                    }
-                    idle = Some(source);
-                }
-                Event::Handled(handled) => {
-                    let Handled {
-                        result,
-                        receipt,
-                        key,
-                        target,
-                        process_cx,
-                    } = handled;
-                    let settlement = match result {
-                        Ok(()) => Settlement::Ack,
-                        Err(error) => {
-                            if on_failure == OnFailure::Stop {
+                        progress = true;
+                        let (one, many) = match result {
+                            Ok(Received::One(message)) => (Some(message), Vec::new()),
+                            Ok(Received::Batch(messages)) => (None, messages),
+                            Ok(Received::Closed) => {
                                 stopping = true;
-                                keep_first(&mut outcome, ConsumeError::Handler(error));
+                                (None, Vec::new())
                             }
-                            on_failure.settlement()
-                        }
-                    };
-                    settling.push(settle(
-                        &settler,
-                        &instrumentation,
-                        receipt,
-                        settlement,
-                        target,
-                        process_cx,
-                    ));
-                    outstanding -= 1;
-                    if let Some(key) = key {
-                        if matches!(settlement, Settlement::Redeliver { .. }) {
-                            // The broker redelivers an ordered message before what came after
-                            // it (a Kafka partition rewinds, an SQS FIFO group holds): give
-                            // back, unhandled, what was received behind it.
-                            if let Some(behind) = running.remove(&key) {
-                                if !behind.is_empty() {
-                                    outstanding -= behind.len();
-                                    releasing.push(release(&settler, behind.into()));
+                            Err(error) => {
+                                if let Some(started) = started {
+                                    instrumentation.receive_failed(
+                                        source.destination().unwrap_or_default(),
+                                        started,
+                                        error.error_type(),
+                                    );
                                 }
+                                stopping = true;
+                                keep_first(&mut outcome, ConsumeError::receive(error));
+                                (None, Vec::new())
                             }
-                        } else {
-                            match running.get_mut(&key).and_then(VecDeque::pop_front) {
-                                Some(next) => ready.push_back((next, Some(key))),
-                                None => {
-                                    running.remove(&key);
-                                }
+                        };
+                        let received = match &one {
+                            Some(message) => std::slice::from_ref(message),
+                            None => many.as_slice(),
+                        };
+                        if let (Some(started), false) = (started, received.is_empty()) {
+                            let destination = source
+                                .destination()
+                                .unwrap_or_else(|| received[0].destination());
+                            if let Some(span) =
+                                instrumentation.receive_span(destination, started, received)
+                            {
+                                span.end();
                             }
                         }
+                        for message in one.into_iter().chain(many) {
+                            outstanding += 1;
+                            match source.ordering_key(&message) {
+                                Some(key) => match running.get_mut(&key) {
+                                    Some(behind) => behind.push_back(message),
+                                    None => {
+                                        running.insert(key, VecDeque::new());
+                                        ready.push_back((message, Some(key)));
+                                    }
+                                },
+                                None => ready.push_back((message, None)),
+                            }
+                        }
+                        idle = Some(source);
                     }
                 }
-                Event::Settled(Ok(())) => {}
-                Event::Settled(Err(failure)) => {
-                    stopping = true;
-                    keep_first(&mut outcome, failure.into_consume_error());
-                }
-                Event::NotReady(error) => {
-                    stopping = true;
-                    keep_first(&mut outcome, ConsumeError::NotReady(error));
-                }
-                Event::Stop => stopping = true,
-                Event::Done => break,
             }
 
             if stopping {
-                // Stop receiving: a receive in progress is dropped (see `Source`).
+                // Stop receiving (a receive in progress is dropped, see `Source`) and give
+                // back what was received but not handled.
                 receiving.set(None);
                 let mut unhandled: Vec<_> = ready.drain(..).map(|(message, _)| message).collect();
-                for (_, behind) in running.iter_mut() {
+                for behind in running.values_mut() {
                     unhandled.extend(behind.drain(..));
                 }
                 if !unhandled.is_empty() {
                     outstanding -= unhandled.len();
                     releasing.push(release(&settler, unhandled));
+                    progress = true;
+                }
+                if handler_slot.is_none()
+                    && in_flight.is_empty()
+                    && settle_slot.is_none()
+                    && settling.is_empty()
+                    && releasing.is_empty()
+                {
+                    return Poll::Ready(());
                 }
             }
-        }
+            if !progress {
+                return Poll::Pending;
+            }
+        })
+        .await;
         if let Err(error) = settler.close().await {
             keep_first(
                 &mut outcome,
@@ -618,15 +661,6 @@ struct Handled<R, E> {
     key: Option<u64>,
     target: Option<SettleTarget>,
     process_cx: Option<Context>,
-}
-
-enum Event<Src: Source, E, H> {
-    Received(Src, Result<Received<Src::Message>, Src::Error>, SystemTime),
-    Handled(H),
-    Settled(Result<(), SettleFailure>),
-    NotReady(E),
-    Stop,
-    Done,
 }
 
 /// One future type for every handler call of a consumer, carrying its message's receipt.
