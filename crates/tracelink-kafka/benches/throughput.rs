@@ -13,12 +13,16 @@
 //! order rotating; reported are the medians, and traced/raw as the median of the per-round
 //! ratios. A fourth variant, raw rdkafka setting a `traceparent` header on each record and reading
 //! it back from each message, shows what carrying the header costs the client before any tracing
-//! (not in the table). Sampled spans go through a batch processor into an exporter that discards them;
+//! (not in the table). A fifth, the adapter with tracing off (`KafkaPublisher::traced` and
+//! `KafkaConsumer::run`, exactly as the traced variants, over a no-op tracer provider and an empty
+//! composite propagator), is what the adapter's own machinery costs; it is compared with raw
+//! rdkafka carrying the header. Sampled spans go through a batch processor into an exporter that discards them;
 //! unsampled use `Sampler::AlwaysOff`. The propagator is tracelink's
 //! `W3cTraceContextPropagator`, or the SDK's with `TRACELINK_BENCH_PROPAGATOR=sdk`.
 //!
 //! Besides the human-readable table it prints `TABLE kafka <sampling> <raw> <traced> <ratio>`
-//! lines, which `scripts/throughput` collects.
+//! lines and one `OFF kafka <header> <off> <off/header>` line (end-to-end median rates, median of
+//! the per-round ratios), which `scripts/throughput` collects.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::convert::Infallible;
@@ -73,6 +77,9 @@ enum Variant {
     /// Raw rdkafka carrying one `traceparent` header: set on each record, read back from each
     /// message by the consumer. What propagating a context costs the client before any tracing.
     RawWithHeader,
+    /// `KafkaPublisher::traced` and `KafkaConsumer::run` with tracing off (a no-op tracer
+    /// provider and a propagator that writes nothing): what the adapter's own machinery costs.
+    TracingOff,
 }
 
 /// The header `Variant::RawWithHeader` carries.
@@ -102,6 +109,16 @@ fn instrumentation(config: &ClientConfig, provider: &SdkTracerProvider) -> Instr
     .build()
 }
 
+/// Tracing off: a no-op tracer provider and a propagator that writes nothing.
+fn off_instrumentation(config: &ClientConfig) -> Instrumentation {
+    Instrumentation::builder(messaging_system(config))
+        .with_tracer_provider(&opentelemetry::trace::noop::NoopTracerProvider::new())
+        .with_propagator(opentelemetry::propagation::TextMapCompositePropagator::new(
+            vec![],
+        ))
+        .build()
+}
+
 async fn round(
     variant: Variant,
     cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
@@ -113,7 +130,7 @@ async fn round(
     cluster.create_topic(&topic, 1, 1).unwrap();
     let provider = SdkTracerProvider::builder()
         .with_sampler(match variant {
-            Variant::Unsampled => Sampler::AlwaysOff,
+            Variant::Unsampled | Variant::TracingOff => Sampler::AlwaysOff,
             _ => Sampler::AlwaysOn,
         })
         .with_batch_exporter(Discard)
@@ -150,10 +167,14 @@ async fn round(
                 result.unwrap();
             }
         }
-        Variant::Sampled | Variant::Unsampled => {
+        Variant::Sampled | Variant::Unsampled | Variant::TracingOff => {
+            let instr = match variant {
+                Variant::TracingOff => off_instrumentation(&config),
+                _ => instrumentation(&config, &provider),
+            };
             let mut service = KafkaPublisher::new(producer.clone())
                 .with_queue_timeout(Timeout::Never)
-                .traced(instrumentation(&config, &provider));
+                .traced(instr);
             let mut pending = FuturesUnordered::new();
             for i in 0..n {
                 if pending.len() >= IN_FLIGHT {
@@ -197,10 +218,14 @@ async fn round(
             }
             first_at.unwrap().elapsed()
         }
-        Variant::Sampled | Variant::Unsampled => {
+        Variant::Sampled | Variant::Unsampled | Variant::TracingOff => {
             let source = KafkaSource::from_config(&consumer_config).unwrap();
             source.consumer().subscribe(&[&topic]).unwrap();
-            let consume = KafkaConsumer::new(source, instrumentation(&consumer_config, &provider));
+            let instr = match variant {
+                Variant::TracingOff => off_instrumentation(&consumer_config),
+                _ => instrumentation(&consumer_config, &provider),
+            };
+            let consume = KafkaConsumer::new(source, instr);
             let count = Arc::new(AtomicUsize::new(0));
             let (stop_tx, stop_rx) = oneshot::channel::<()>();
             let stop_tx = Arc::new(Mutex::new(Some(stop_tx)));
@@ -331,6 +356,7 @@ fn main() {
             Variant::Sampled,
             Variant::Unsampled,
             Variant::RawWithHeader,
+            Variant::TracingOff,
         ];
         let mut results: Vec<Vec<Round>> = variants.iter().map(|_| Vec::new()).collect();
         // Warm-up (not counted): the mock cluster's first topics and connections are slower.
@@ -361,16 +387,18 @@ fn main() {
         let consume = |slot: usize| median(results[slot].iter().map(|r| rate(r.consume)).collect());
         let end_to_end = |r: &Round| rate(r.produce + r.consume);
         let e2e = |slot: usize| median(results[slot].iter().map(end_to_end).collect());
-        // traced/raw within each round, then the median over rounds.
-        let ratio = |slot: usize| {
+        // traced/raw (or against another baseline) within each round, then the median over
+        // rounds.
+        let ratio_to = |slot: usize, base: usize| {
             median(
                 results[slot]
                     .iter()
-                    .zip(&results[0])
+                    .zip(&results[base])
                     .map(|(t, r)| end_to_end(t) / end_to_end(r))
                     .collect(),
             )
         };
+        let ratio = |slot: usize| ratio_to(slot, 0);
         println!(
             "kafka mock cluster, {n} messages x {rounds} rounds (medians), 64-byte payloads, {} propagator",
             if sdk_propagator() { "SDK W3C" } else { "tracelink W3C" }
@@ -401,6 +429,10 @@ fn main() {
             "raw with a traceparent header / raw (end to end): {:.3}  (the cost of carrying the header)",
             ratio(3)
         );
+        println!(
+            "adapter with tracing off / raw with the header (end to end): {:.3}  (target >= 0.97)",
+            ratio_to(4, 3)
+        );
         for (slot, sampling) in [(1, "sampled"), (2, "unsampled")] {
             println!(
                 "TABLE kafka {sampling} {:.0} {:.0} {:.3}",
@@ -409,5 +441,6 @@ fn main() {
                 ratio(slot)
             );
         }
+        println!("OFF kafka {:.0} {:.0} {:.3}", e2e(3), e2e(4), ratio_to(4, 3));
     });
 }
