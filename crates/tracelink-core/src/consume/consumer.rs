@@ -245,6 +245,8 @@ impl<Src: Source, C> Consumer<Src, C> {
         poll_fn(|cx| loop {
             let mut progress = false;
 
+            // A shutdown stops handing out messages; it is checked again below, once the
+            // handlers ran.
             if !stopping && shutdown.as_mut().poll(cx).is_ready() {
                 stopping = true;
             }
@@ -369,6 +371,13 @@ impl<Src: Source, C> Consumer<Src, C> {
                 while let Poll::Ready(Some(result)) = releasing.poll_next_unpin(cx) {
                     settled(result);
                 }
+            }
+
+            // Checked after the handlers ran and before a new receive starts: a shutdown that a
+            // handler brought about starts no receive (a JetStream fetch left pending would
+            // take the messages given back at the stop).
+            if !stopping && shutdown.as_mut().poll(cx).is_ready() {
+                stopping = true;
             }
 
             // Receive, up to the prefetch.
