@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 
 use crate::consume::error::ConsumeError;
 use crate::consume::policy::{OnFailure, Settlement};
-use crate::consume::settle::{release, settle, SettleFailure, SettleTarget};
+use crate::consume::settle::{release, settle, settle_each, SettleFailure, SettleTarget};
 use crate::consume::source::{Received, Settler, Source};
 use crate::consumer::ConsumerService;
 use crate::error_type::{ClassifyError, DefaultErrorType, ErrorType};
@@ -236,6 +236,7 @@ impl<Src: Source, C> Consumer<Src, C> {
         let mut in_flight = FuturesUnordered::new();
         let mut settle_slot = pin!(None);
         let mut settling = FuturesUnordered::new();
+        let mut settling_together = FuturesUnordered::new();
         let mut releasing = FuturesUnordered::new();
         // Messages received and not yet settled or released: what the prefetch bounds.
         let mut outstanding = 0usize;
@@ -282,27 +283,34 @@ impl<Src: Source, C> Consumer<Src, C> {
                 progress = true;
             }
 
-            // Handlers that finished: settle their messages.
-            let mut handled = None;
-            if let Some(call) = handler_slot.as_mut().as_pin_mut() {
-                if let Poll::Ready(done) = call.poll(cx) {
-                    handler_slot.set(None);
-                    handled = Some(done);
+            // Handlers that finished: settle their messages. Settlements due in the same turn
+            // go to the settler together (`settle_all`: SQS deletes them in one call); one
+            // alone takes `settle`.
+            let mut first_due = None;
+            let mut more_due = Vec::new();
+            loop {
+                let mut handled = None;
+                if let Some(call) = handler_slot.as_mut().as_pin_mut() {
+                    if let Poll::Ready(done) = call.poll(cx) {
+                        handler_slot.set(None);
+                        handled = Some(done);
+                    }
                 }
-            }
-            if handled.is_none() {
-                if let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
-                    handled = Some(done);
+                if handled.is_none() {
+                    if let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
+                        handled = Some(done);
+                    }
                 }
-            }
-            if let Some(Handled {
-                result,
-                receipt,
-                key,
-                target,
-                process_cx,
-            }) = handled
-            {
+                let Some(Handled {
+                    result,
+                    receipt,
+                    key,
+                    target,
+                    process_cx,
+                }) = handled
+                else {
+                    break;
+                };
                 progress = true;
                 let settlement = match result {
                     Ok(()) => Settlement::Ack,
@@ -314,18 +322,10 @@ impl<Src: Source, C> Consumer<Src, C> {
                         on_failure.settlement()
                     }
                 };
-                let call = settle(
-                    &settler,
-                    &instrumentation,
-                    receipt,
-                    settlement,
-                    target,
-                    process_cx,
-                );
-                if settle_slot.is_none() {
-                    settle_slot.set(Some(call));
-                } else {
-                    settling.push(call);
+                let due = (receipt, settlement, target, process_cx);
+                match first_due {
+                    None => first_due = Some(due),
+                    Some(_) => more_due.push(due),
                 }
                 outstanding -= 1;
                 if let Some(key) = key {
@@ -349,6 +349,27 @@ impl<Src: Source, C> Consumer<Src, C> {
                     }
                 }
             }
+            if let Some(first) = first_due {
+                if more_due.is_empty() {
+                    let (receipt, settlement, target, process_cx) = first;
+                    let call = settle(
+                        &settler,
+                        &instrumentation,
+                        receipt,
+                        settlement,
+                        target,
+                        process_cx,
+                    );
+                    if settle_slot.is_none() {
+                        settle_slot.set(Some(call));
+                    } else {
+                        settling.push(call);
+                    }
+                } else {
+                    more_due.insert(0, first);
+                    settling_together.push(settle_each(&settler, &instrumentation, more_due));
+                }
+            }
 
             // Settlements that finished.
             {
@@ -366,6 +387,9 @@ impl<Src: Source, C> Consumer<Src, C> {
                     }
                 }
                 while let Poll::Ready(Some(result)) = settling.poll_next_unpin(cx) {
+                    settled(result);
+                }
+                while let Poll::Ready(Some(result)) = settling_together.poll_next_unpin(cx) {
                     settled(result);
                 }
                 while let Poll::Ready(Some(result)) = releasing.poll_next_unpin(cx) {
@@ -466,6 +490,7 @@ impl<Src: Source, C> Consumer<Src, C> {
                     && in_flight.is_empty()
                     && settle_slot.is_none()
                     && settling.is_empty()
+                    && settling_together.is_empty()
                     && releasing.is_empty()
                 {
                     return Poll::Ready(());

@@ -182,6 +182,54 @@ pub(crate) fn settle_batch<M, St: Settler<M>>(
     }
 }
 
+/// A settlement due: the message's receipt, how to settle it, and what its settle span needs.
+pub(crate) type Due<R> = (R, Settlement, Option<SettleTarget>, Option<Context>);
+
+/// Settles messages whose handlers finished in the same turn, in one `settle_all` call, each
+/// in its own settle span (child of its `process` span) when its target and context are given.
+pub(crate) fn settle_each<M, St: Settler<M>>(
+    settler: &St,
+    instrumentation: &Instrumentation,
+    items: Vec<Due<St::Receipt>>,
+) -> impl Future<Output = Result<(), SettleFailure>> + Send + 'static {
+    let mut calls = Vec::with_capacity(items.len());
+    let mut spans = Vec::with_capacity(items.len());
+    for (receipt, settlement, target, process_cx) in items {
+        let operation = settler.operation(settlement);
+        let span = match (operation, target, process_cx) {
+            (Some(operation), Some(target), Some(parent)) => {
+                Some(target.span(instrumentation, operation, &parent))
+            }
+            _ => None,
+        };
+        spans.push((operation, span));
+        calls.push((receipt, settlement));
+    }
+    let call = settler.settle_all(calls);
+    async move {
+        let results = call.await;
+        let mut failure = None;
+        for (result, (operation, span)) in results.into_iter().zip(spans) {
+            match result {
+                Ok(()) => {
+                    if let Some(span) = span {
+                        span.end();
+                    }
+                }
+                Err(error) => {
+                    if let Some(span) = span {
+                        span.fail(error.error_type());
+                    }
+                    if failure.is_none() {
+                        failure = Some(SettleFailure::new(operation.unwrap_or("settle"), error));
+                    }
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
 /// Gives back messages received but never handled ([`Settlement::Release`]), without spans.
 pub(crate) fn release<M, St: Settler<M>>(
     settler: &St,

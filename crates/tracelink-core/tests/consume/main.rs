@@ -151,6 +151,24 @@ impl Settler<Msg> for LogSettler {
             }
         }
     }
+
+    fn settle_all(
+        &self,
+        items: Vec<(String, Settlement)>,
+    ) -> impl Future<Output = Vec<Result<(), BrokerError>>> + Send + 'static + use<> {
+        if items.len() > 1 {
+            let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("together {}", ids.join(",")));
+        }
+        let calls: Vec<_> = items
+            .into_iter()
+            .map(|(receipt, settlement)| self.settle(receipt, settlement))
+            .collect();
+        futures_util::future::join_all(calls)
+    }
 }
 
 struct Harness {
@@ -396,6 +414,7 @@ async fn shutdown_finishes_and_settles_in_flight_and_gives_back_the_rest() {
     assert_eq!(
         lines(&h.log),
         [
+            "together second,third",
             "release second",
             "release third",
             "handled first",
@@ -529,7 +548,10 @@ async fn batches_get_one_process_span_with_a_link_each_and_settle_every_message(
         .run_batches(batch_handler, async move { lines_reach(&done, 4).await })
         .await
         .unwrap();
-    assert_eq!(lines(&h.log), ["handled a,b,c", "ack a", "ack b", "ack c"]);
+    assert_eq!(
+        lines(&h.log),
+        ["handled a,b,c", "together a,b,c", "ack a", "ack b", "ack c"]
+    );
     let process = h.t.span("process orders");
     assert_eq!(process.links.links.len(), 3);
     let acks: Vec<_> =
@@ -573,5 +595,38 @@ impl tower::Service<Msg> for FailsReady {
 
     fn call(&mut self, _msg: Msg) -> Self::Future {
         std::future::ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn settlements_due_in_the_same_turn_go_to_the_settler_together() {
+    let (h, consumer) = harness(true, false);
+    for id in ["x", "y", "z"] {
+        h.send("orders", id, None).await;
+    }
+    // Handlers that finish at once: received in one pull, run side by side, done in one turn.
+    let log = h.log.clone();
+    let handler = service_fn(move |msg: Msg| {
+        let log = log.clone();
+        async move {
+            log.lock()
+                .unwrap()
+                .push(format!("handled {}", msg.id.unwrap()));
+            Ok::<_, Infallible>(())
+        }
+    });
+    let done = h.log.clone();
+    consumer
+        .with_concurrency(3)
+        .run(handler, async move { lines_reach(&done, 7).await })
+        .await
+        .unwrap();
+    let lines = lines(&h.log);
+    assert!(
+        lines.contains(&"together x,y,z".to_owned()),
+        "one settle_all call for the three: {lines:?}"
+    );
+    for id in ["x", "y", "z"] {
+        assert!(lines.contains(&format!("ack {id}")), "{lines:?}");
     }
 }
