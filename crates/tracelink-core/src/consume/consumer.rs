@@ -240,6 +240,8 @@ impl<Src: Source, C> Consumer<Src, C> {
         let mut releasing = FuturesUnordered::new();
         // Messages received and not yet settled or released: what the prefetch bounds.
         let mut outstanding = 0usize;
+        // Whether the source receives batches (it answered with one).
+        let mut pulls = false;
         let mut stopping = false;
         let mut outcome: Result<(), ConsumeError<S::Error>> = Ok(());
 
@@ -405,7 +407,14 @@ impl<Src: Source, C> Consumer<Src, C> {
             }
 
             // Receive, up to the prefetch.
-            if !stopping && receiving.is_none() && outstanding < prefetch {
+            // A source that receives batches (a pull) receives again once every message it
+            // brought was handed out, so one call asks for what the prefetch has room for, not
+            // one message per finished handler.
+            if !stopping
+                && receiving.is_none()
+                && outstanding < prefetch
+                && (!pulls || ready.is_empty())
+            {
                 if let Some(source) = idle.take() {
                     let max = prefetch - outstanding;
                     receiving.set(Some(async move {
@@ -423,7 +432,10 @@ impl<Src: Source, C> Consumer<Src, C> {
                         progress = true;
                         let (one, many) = match result {
                             Ok(Received::One(message)) => (Some(message), Vec::new()),
-                            Ok(Received::Batch(messages)) => (None, messages),
+                            Ok(Received::Batch(messages)) => {
+                                pulls = true;
+                                (None, messages)
+                            }
                             Ok(Received::Closed) => {
                                 stopping = true;
                                 (None, Vec::new())
