@@ -3,6 +3,7 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use futures_util::FutureExt as _;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{ConsumerContext, DefaultConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -128,13 +129,18 @@ impl<X: ConsumerContext + 'static> Source for KafkaSource<X> {
         let result = loop {
             // While librdkafka has nothing to deliver, offsets done since the last store still
             // reach it within `STORE_INTERVAL` (the settler stores on its own when busy).
-            let received = tokio::select! {
-                biased;
-                received = self.consumer.recv() => received,
-                () = tokio::time::sleep(STORE_INTERVAL) => {
-                    self.shared.store_due(&self.consumer);
-                    continue;
-                }
+            // A message librdkafka already has is taken without arming a timer: the timer
+            // (a clock read and a timer-wheel entry) is for the wait only.
+            let received = match self.consumer.recv().now_or_never() {
+                Some(received) => received,
+                None => tokio::select! {
+                    biased;
+                    received = self.consumer.recv() => received,
+                    () = tokio::time::sleep(STORE_INTERVAL) => {
+                        self.shared.store_due(&self.consumer);
+                        continue;
+                    }
+                },
             };
             match received {
                 Ok(message) => {
