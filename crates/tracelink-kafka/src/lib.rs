@@ -79,7 +79,7 @@
 //!   [`Instrumentation`](tracelink_core::Instrumentation) you pass in; [`messaging_system`] fills
 //!   `server.address`/`server.port` and `messaging.client.id` from an rdkafka `ClientConfig`.
 //! * The traced publisher is a plain tower service: add timeouts, rate limits or retries with
-//!   `tower::ServiceBuilder` around [`TracedPublisher`] (one `send` span per attempt) or around
+//!   `tower::ServiceBuilder` around the traced publisher ([`KafkaPublisher::traced`]) (one `send` span per attempt) or around
 //!   [`KafkaPublisher`] inside the layer (one span for all attempts). Errors are [`ProduceError`]
 //!   (with the undelivered message).
 //! * [`KafkaConsumer`] has the core's builder: `with_concurrency` (partitions handled side by
@@ -111,7 +111,7 @@ mod source;
 
 pub use carrier::{HeaderExtractor, HeaderInjector};
 pub use message::{Delivered, KafkaMessage, KafkaRecord};
-pub use publisher::{error_type, messaging_system, KafkaPublisher, ProduceError, TracedPublisher};
+pub use publisher::{error_type, messaging_system, KafkaPublisher, ProduceError};
 pub use settler::{KafkaReceipt, KafkaSettler};
 pub use source::{consumer_config, ClientError, KafkaConsumer, KafkaSource};
 

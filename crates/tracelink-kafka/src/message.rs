@@ -131,7 +131,7 @@ pub struct Delivered {
 
 impl Delivered {
     /// The span context that was current when the record was published: inside a
-    /// [`TracedPublisher`](crate::TracedPublisher), the `send` span whose context the record
+    /// [`KafkaPublisher::traced`](crate::KafkaPublisher::traced), the `send` span whose context the record
     /// carries (to print or log its ids).
     pub fn span_context(&self) -> &SpanContext {
         &self.span_context

@@ -19,10 +19,6 @@ use tracelink_core::{
 
 use crate::message::{Delivered, KafkaRecord};
 
-/// A [`KafkaPublisher`] inside tracelink's [`ProducerLayer`]: what
-/// [`KafkaPublisher::traced`] returns.
-pub type TracedPublisher = ProducerService<KafkaPublisher, DefaultErrorType>;
-
 /// A tower [`Service`] that publishes [`KafkaRecord`]s through an rdkafka [`FutureProducer`] and
 /// resolves to where each one was [`Delivered`].
 ///
@@ -64,7 +60,10 @@ impl KafkaPublisher {
     }
 
     /// Wraps this service in a [`ProducerLayer`] built from `instrumentation`.
-    pub fn traced(self, instrumentation: Instrumentation) -> TracedPublisher {
+    pub fn traced(
+        self,
+        instrumentation: Instrumentation,
+    ) -> ProducerService<Self, DefaultErrorType> {
         ProducerLayer::from(instrumentation).layer(self)
     }
 }

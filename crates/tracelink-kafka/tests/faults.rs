@@ -14,7 +14,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tower::{service_fn, Service, ServiceExt};
 use tracelink_core::{ConsumeError, OnFailure};
-use tracelink_kafka::{KafkaMessage, KafkaPublisher, KafkaRecord, TracedPublisher};
+use tracelink_core::{DefaultErrorType, ProducerService};
+use tracelink_kafka::{KafkaMessage, KafkaPublisher, KafkaRecord};
 
 use support::{unique, Backend, Telemetry, TEST_TIMEOUT};
 
@@ -22,7 +23,11 @@ fn text(message: &KafkaMessage) -> String {
     String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned()
 }
 
-async fn publish(producer: &mut TracedPublisher, topic: &str, payload: String) {
+async fn publish(
+    producer: &mut ProducerService<KafkaPublisher, DefaultErrorType>,
+    topic: &str,
+    payload: String,
+) {
     producer
         .ready()
         .await
